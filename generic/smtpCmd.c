@@ -1,0 +1,1055 @@
+/*
+ * smtpCmd.c --
+ *
+ *	::smtp::sendmessage: option parsing, tcllib's header and envelope
+ *	rules, and the message as the mime package writes it. The dialogue
+ *	itself is smtpProto.c's.
+ */
+
+#include "smtpInt.h"
+
+/*
+ * Headers gathered from -header options and added by the rules, in order:
+ * parallel lists of lower-case and given-case names, and a dict from the
+ * lower-case name to the list of its values.
+ */
+
+typedef struct Headers {
+    Tcl_Obj *lowerL;
+    Tcl_Obj *mixedL;
+    Tcl_Obj *values;
+} Headers;
+
+static void
+HeadersInit(
+    Headers *h)
+{
+    h->lowerL = Tcl_NewListObj(0, NULL);
+    h->mixedL = Tcl_NewListObj(0, NULL);
+    h->values = Tcl_NewDictObj();
+    Tcl_IncrRefCount(h->lowerL);
+    Tcl_IncrRefCount(h->mixedL);
+    Tcl_IncrRefCount(h->values);
+}
+
+static void
+HeadersFree(
+    Headers *h)
+{
+    Tcl_DecrRefCount(h->lowerL);
+    Tcl_DecrRefCount(h->mixedL);
+    Tcl_DecrRefCount(h->values);
+}
+
+/*
+ * Returns the index of 'lower' in the header list, or -1.
+ */
+
+static Tcl_Size
+HeadersFind(
+    Headers *h,
+    const char *lower)
+{
+    Tcl_Size n, i;
+    Tcl_Obj **elems;
+
+    Tcl_ListObjGetElements(NULL, h->lowerL, &n, &elems);
+    for (i = 0; i < n; i++) {
+	if (strcmp(Tcl_GetString(elems[i]), lower) == 0) {
+	    return i;
+	}
+    }
+    return -1;
+}
+
+/*
+ * Returns the values of a header (a list, not owned), or NULL.
+ */
+
+static Tcl_Obj *
+HeadersGet(
+    Headers *h,
+    const char *lower)
+{
+    Tcl_Obj *key = Tcl_NewStringObj(lower, -1), *v = NULL;
+
+    Tcl_IncrRefCount(key);
+    Tcl_DictObjGet(NULL, h->values, key, &v);
+    Tcl_DecrRefCount(key);
+    return v;
+}
+
+/*
+ * Appends a value to a header, adding the header (in the given case) at the
+ * end of the order when it is new.
+ */
+
+static void
+HeadersAdd(
+    Headers *h,
+    const char *lower,
+    const char *mixed,
+    Tcl_Obj *value)
+{
+    Tcl_Obj *key = Tcl_NewStringObj(lower, -1), *v = NULL;
+
+    Tcl_IncrRefCount(key);
+    if (HeadersFind(h, lower) < 0) {
+	Tcl_ListObjAppendElement(NULL, h->lowerL, key);
+	Tcl_ListObjAppendElement(NULL, h->mixedL,
+		Tcl_NewStringObj(mixed, -1));
+    }
+    Tcl_DictObjGet(NULL, h->values, key, &v);
+    v = v ? Tcl_DuplicateObj(v) : Tcl_NewListObj(0, NULL);
+    Tcl_ListObjAppendElement(NULL, v, value);
+    Tcl_DictObjPut(NULL, h->values, key, v);
+    Tcl_DecrRefCount(key);
+}
+
+static void
+HeadersRemove(
+    Headers *h,
+    const char *lower)
+{
+    Tcl_Size i = HeadersFind(h, lower);
+    Tcl_Obj *key = Tcl_NewStringObj(lower, -1);
+
+    Tcl_IncrRefCount(key);
+    if (i >= 0) {
+	Tcl_ListObjReplace(NULL, h->lowerL, i, 1, 0, NULL);
+	Tcl_ListObjReplace(NULL, h->mixedL, i, 1, 0, NULL);
+    }
+    Tcl_DictObjRemove(NULL, h->values, key);
+    Tcl_DecrRefCount(key);
+}
+
+/*
+ * The values of a header joined with commas, as tcllib joins them.
+ */
+
+static Tcl_Obj *
+HeadersJoined(
+    Headers *h,
+    const char *lower)
+{
+    Tcl_Obj *v = HeadersGet(h, lower), *r = Tcl_NewObj(), **elems;
+    Tcl_Size n, i;
+
+    if (v && Tcl_ListObjGetElements(NULL, v, &n, &elems) == TCL_OK) {
+	for (i = 0; i < n; i++) {
+	    if (i) {
+		Tcl_AppendToObj(r, ",", 1);
+	    }
+	    Tcl_AppendObjToObj(r, elems[i]);
+	}
+    }
+    return r;
+}
+
+/*
+ * Calls a Tcl command whose words are given, NULL-terminated. On success
+ * *resultPtr (if not NULL) receives the result with a reference held.
+ */
+
+static int
+Call(
+    Tcl_Interp *interp,
+    Tcl_Obj **resultPtr,
+    ...)
+{
+    Tcl_Obj *objv[16];
+    int objc = 0, i, code;
+    va_list ap;
+
+    va_start(ap, resultPtr);
+    while (objc < 16 && (objv[objc] = va_arg(ap, Tcl_Obj *)) != NULL) {
+	Tcl_IncrRefCount(objv[objc]);
+	objc++;
+    }
+    va_end(ap);
+    code = Tcl_EvalObjv(interp, objc, objv, TCL_EVAL_GLOBAL);
+    for (i = 0; i < objc; i++) {
+	Tcl_DecrRefCount(objv[i]);
+    }
+    if (code == TCL_OK && resultPtr) {
+	*resultPtr = Tcl_GetObjResult(interp);
+	Tcl_IncrRefCount(*resultPtr);
+    }
+    return code;
+}
+
+#define S(str)	Tcl_NewStringObj((str), -1)
+
+/*
+ * tcllib's boolean: exactly 0/1/false/true/no/yes/off/on in any case.
+ */
+
+static int
+GetBoolean(
+    Tcl_Interp *interp,
+    Tcl_Obj *obj,
+    int *out)
+{
+    static const char *const names[] = {
+	"0", "false", "no", "off", "1", "true", "yes", "on", NULL
+    };
+    Tcl_Obj *lower = Tcl_DuplicateObj(obj);
+    int idx;
+
+    Tcl_IncrRefCount(lower);
+    Tcl_SetObjLength(lower, Tcl_UtfToLower(Tcl_GetString(lower)));
+    if (Tcl_GetIndexFromObj(NULL, lower, names, "boolean", TCL_EXACT, &idx)
+	    != TCL_OK) {
+	Tcl_DecrRefCount(lower);
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("unknown boolean value: %s",
+		Tcl_GetString(obj)));
+	Tcl_SetErrorCode(interp, "SMTP", "OPTION", "BOOLEAN", NULL);
+	return TCL_ERROR;
+    }
+    Tcl_DecrRefCount(lower);
+    *out = idx >= 4;
+    return TCL_OK;
+}
+
+static int
+OptionError(
+    Tcl_Interp *interp,
+    Tcl_Obj *msg)
+{
+    Tcl_SetObjResult(interp, msg);
+    Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
+    return TCL_ERROR;
+}
+
+/*
+ * Parses one address string with mime::parseaddress, as tcllib does: the
+ * addresses go to *addrsOut (a new list, or NULL when not wanted); a parse
+ * error becomes "error in <who>: <diagnostic>". When 'single' is set, more
+ * than one mailbox is refused with tcllib's message.
+ */
+
+static int
+ParseAddresses(
+    Tcl_Interp *interp,
+    Tcl_Obj *string,
+    const char *who,
+    int single,
+    Tcl_Obj **addrsOut)
+{
+    Tcl_Obj *parsed = NULL, **elems, *addrs, *errKey, *addrKey;
+    Tcl_Size n, i;
+    int code = TCL_OK;
+
+    if (Call(interp, &parsed, S("::mime::parseaddress"), string, NULL)
+	    != TCL_OK) {
+	return TCL_ERROR;
+    }
+    if (Tcl_ListObjGetElements(interp, parsed, &n, &elems) != TCL_OK) {
+	Tcl_DecrRefCount(parsed);
+	return TCL_ERROR;
+    }
+    if (single && n > 1) {
+	Tcl_DecrRefCount(parsed);
+	return OptionError(interp, Tcl_ObjPrintf(
+		"too many mailboxes in %s: %s", who, Tcl_GetString(string)));
+    }
+    errKey = S("error");
+    addrKey = S("address");
+    Tcl_IncrRefCount(errKey);
+    Tcl_IncrRefCount(addrKey);
+    addrs = Tcl_NewListObj(0, NULL);
+    Tcl_IncrRefCount(addrs);
+    if (single && n == 0) {
+	/* tcllib's default diagnostic, which it never substitutes. */
+	code = OptionError(interp, Tcl_ObjPrintf(
+		"error in %s: invalid address \"$from\"", who));
+    }
+    for (i = 0; code == TCL_OK && i < n; i++) {
+	Tcl_Obj *err = NULL, *addr = NULL;
+
+	if (Tcl_DictObjGet(interp, elems[i], errKey, &err) != TCL_OK
+		|| Tcl_DictObjGet(interp, elems[i], addrKey, &addr)
+		    != TCL_OK) {
+	    code = TCL_ERROR;
+	    break;
+	}
+	if (err && Tcl_GetCharLength(err) > 0) {
+	    code = OptionError(interp, Tcl_ObjPrintf("error in %s: %s", who,
+		    Tcl_GetString(err)));
+	    break;
+	}
+	Tcl_ListObjAppendElement(NULL, addrs, addr ? addr : Tcl_NewObj());
+    }
+    Tcl_DecrRefCount(errKey);
+    Tcl_DecrRefCount(addrKey);
+    Tcl_DecrRefCount(parsed);
+    if (code == TCL_OK && addrsOut) {
+	*addrsOut = addrs;
+    } else {
+	Tcl_DecrRefCount(addrs);
+    }
+    return code;
+}
+
+/*
+ * The headers of a token as they were before sendmessage added its own,
+ * so the token can be given back exactly as the caller passed it.
+ */
+
+typedef struct Saved {
+    int exact;			/* The token's array layout was known. */
+    Tcl_Obj *header, *lowerL, *mixedL;
+    Tcl_Obj *fallback;		/* Otherwise: {lower present values} ... */
+} Saved;
+
+static const char *const savedKeys[] = {"header", "lowerL", "mixedL"};
+
+static void
+SaveToken(
+    Tcl_Interp *interp,
+    Tcl_Obj *part,
+    Headers *h,
+    Saved *sv)
+{
+    const char *name = Tcl_GetString(part);
+    Tcl_Obj **slots[3];
+    Tcl_Size n, i;
+    Tcl_Obj **lowers;
+    int k;
+
+    memset(sv, 0, sizeof(Saved));
+    slots[0] = &sv->header;
+    slots[1] = &sv->lowerL;
+    slots[2] = &sv->mixedL;
+    sv->exact = 1;
+    for (k = 0; k < 3; k++) {
+	*slots[k] = Tcl_GetVar2Ex(interp, name, savedKeys[k],
+		TCL_GLOBAL_ONLY);
+	if (*slots[k] == NULL) {
+	    sv->exact = 0;
+	}
+    }
+    if (sv->exact) {
+	for (k = 0; k < 3; k++) {
+	    Tcl_IncrRefCount(*slots[k]);
+	}
+	return;
+    }
+    for (k = 0; k < 3; k++) {
+	*slots[k] = NULL;
+    }
+    sv->fallback = Tcl_NewListObj(0, NULL);
+    Tcl_IncrRefCount(sv->fallback);
+    Tcl_ListObjGetElements(NULL, h->lowerL, &n, &lowers);
+    for (i = 0; i < n; i++) {
+	Tcl_Obj *vals = NULL, *e = Tcl_NewListObj(0, NULL);
+	int ok = Call(interp, &vals, S("::mime::getheader"), part, lowers[i],
+		NULL) == TCL_OK;
+
+	Tcl_ListObjAppendElement(NULL, e, lowers[i]);
+	Tcl_ListObjAppendElement(NULL, e, Tcl_NewBooleanObj(ok));
+	Tcl_ListObjAppendElement(NULL, e, ok ? vals : Tcl_NewObj());
+	if (vals) {
+	    Tcl_DecrRefCount(vals);
+	}
+	Tcl_ListObjAppendElement(NULL, sv->fallback, e);
+    }
+    Tcl_ResetResult(interp);
+}
+
+static void
+RestoreToken(
+    Tcl_Interp *interp,
+    Tcl_Obj *part,
+    Saved *sv)
+{
+    Tcl_InterpState st = Tcl_SaveInterpState(interp, TCL_OK);
+
+    if (sv->exact) {
+	const char *name = Tcl_GetString(part);
+
+	Tcl_SetVar2Ex(interp, name, "header", sv->header, TCL_GLOBAL_ONLY);
+	Tcl_SetVar2Ex(interp, name, "lowerL", sv->lowerL, TCL_GLOBAL_ONLY);
+	Tcl_SetVar2Ex(interp, name, "mixedL", sv->mixedL, TCL_GLOBAL_ONLY);
+	Tcl_DecrRefCount(sv->header);
+	Tcl_DecrRefCount(sv->lowerL);
+	Tcl_DecrRefCount(sv->mixedL);
+    } else {
+	Tcl_Size n, i;
+	Tcl_Obj **entries;
+
+	Tcl_ListObjGetElements(NULL, sv->fallback, &n, &entries);
+	for (i = 0; i < n; i++) {
+	    Tcl_Obj **f, **vals;
+	    Tcl_Size nf, nv, j;
+	    int present;
+
+	    Tcl_ListObjGetElements(NULL, entries[i], &nf, &f);
+	    Tcl_GetBooleanFromObj(NULL, f[1], &present);
+	    Call(interp, NULL, S("::mime::setheader"), part, f[0], S(""),
+		    S("-mode"), S("delete"), NULL);
+	    if (present) {
+		Tcl_ListObjGetElements(NULL, f[2], &nv, &vals);
+		for (j = 0; j < nv; j++) {
+		    Call(interp, NULL, S("::mime::setheader"), part, f[0],
+			    vals[j], S("-mode"), S("append"), NULL);
+		}
+	    }
+	}
+	Tcl_DecrRefCount(sv->fallback);
+    }
+    Tcl_RestoreInterpState(interp, st);
+}
+
+/*
+ * Adds the gathered headers to the token, as tcllib does, for the message
+ * to be written.
+ */
+
+static int
+ApplyHeaders(
+    Tcl_Interp *interp,
+    Tcl_Obj *part,
+    Headers *h)
+{
+    Tcl_Size n, i;
+    Tcl_Obj **lowers, **mixeds;
+
+    Tcl_ListObjGetElements(NULL, h->lowerL, &n, &lowers);
+    Tcl_ListObjGetElements(NULL, h->mixedL, &n, &mixeds);
+    for (i = 0; i < n; i++) {
+	Tcl_Obj *vals = HeadersGet(h, Tcl_GetString(lowers[i])), **v;
+	Tcl_Size nv, j;
+
+	if (vals == NULL) {
+	    continue;
+	}
+	Tcl_ListObjGetElements(NULL, vals, &nv, &v);
+	for (j = 0; j < nv; j++) {
+	    if (Call(interp, NULL, S("::mime::setheader"), part, mixeds[i],
+		    v[j], S("-mode"), S("append"), NULL) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	}
+    }
+    return TCL_OK;
+}
+
+/*
+ * Writes a token with mime::buildmessage; the result, with a reference
+ * held, goes to *bodyOut.
+ */
+
+static int
+BuildMessage(
+    Tcl_Interp *interp,
+    Tcl_Obj *part,
+    Tcl_Obj **bodyOut)
+{
+    return Call(interp, bodyOut, S("::mime::buildmessage"), part, NULL);
+}
+
+/*
+ * The blind-copy digest tcllib sends to Bcc recipients: the original as
+ * message/rfc822 inside a multipart/digest. Returns its bytes.
+ */
+
+static int
+BuildBccDigest(
+    Tcl_Interp *interp,
+    Tcl_Obj *part,
+    Tcl_Obj *originator,
+    const char *bccM,
+    Headers *h,
+    Tcl_Obj **bodyOut)
+{
+    Tcl_Obj *inner = NULL, *outer = NULL, *subject, *date = NULL,
+	    *msgid = NULL, *subj;
+    int code;
+
+    subject = Tcl_ObjPrintf("[%s]", bccM);
+    Tcl_IncrRefCount(subject);
+    subj = HeadersGet(h, "subject");
+    if (subj) {
+	Tcl_Obj *first;
+
+	Tcl_ListObjIndex(NULL, subj, 0, &first);
+	if (first) {
+	    Tcl_AppendToObj(subject, " ", 1);
+	    Tcl_AppendObjToObj(subject, first);
+	}
+    }
+    code = Call(interp, &inner, S("::mime::initialize"),
+	    S("-canonical"), S("message/rfc822"),
+	    S("-header"), Tcl_NewListObj(2, (Tcl_Obj *[]) {
+		S("Content-Description"), S("Original Message")}),
+	    S("-parts"), Tcl_NewListObj(1, &part), NULL);
+    if (code == TCL_OK) {
+	code = Call(interp, &date, S("::mime::parsedatetime"), S("-now"),
+		S("proper"), NULL);
+    }
+    if (code == TCL_OK) {
+	code = Call(interp, &msgid, S("::mime::uniqueID"), NULL);
+    }
+    if (code == TCL_OK) {
+	code = Call(interp, &outer, S("::mime::initialize"),
+		S("-canonical"), S("multipart/digest"),
+		S("-header"), Tcl_NewListObj(2, (Tcl_Obj *[]) {
+		    S("From"), originator}),
+		S("-header"), Tcl_NewListObj(2, (Tcl_Obj *[]) {
+		    S("Bcc"), S("")}),
+		S("-header"), Tcl_NewListObj(2, (Tcl_Obj *[]) {
+		    S("Date"), date}),
+		S("-header"), Tcl_NewListObj(2, (Tcl_Obj *[]) {
+		    S("Subject"), subject}),
+		S("-header"), Tcl_NewListObj(2, (Tcl_Obj *[]) {
+		    S("Message-ID"), msgid}),
+		S("-header"), Tcl_NewListObj(2, (Tcl_Obj *[]) {
+		    S("Content-Description"), S("Blind Carbon Copy")}),
+		S("-parts"), Tcl_NewListObj(1, &inner), NULL);
+    }
+    if (code == TCL_OK) {
+	code = BuildMessage(interp, outer, bodyOut);
+    }
+    if (code != TCL_OK) {
+	Tcl_InterpState st = Tcl_SaveInterpState(interp, code);
+
+	if (outer) {
+	    Call(interp, NULL, S("::mime::finalize"), outer, S("-subordinates"),
+		    S("none"), NULL);
+	}
+	if (inner) {
+	    Call(interp, NULL, S("::mime::finalize"), inner, S("-subordinates"),
+		    S("none"), NULL);
+	}
+	code = Tcl_RestoreInterpState(interp, st);
+    } else {
+	Call(interp, NULL, S("::mime::finalize"), outer, S("-subordinates"),
+		S("none"), NULL);
+	Call(interp, NULL, S("::mime::finalize"), inner, S("-subordinates"),
+		S("none"), NULL);
+	Tcl_ResetResult(interp);
+    }
+    Tcl_DecrRefCount(subject);
+    if (inner) {
+	Tcl_DecrRefCount(inner);
+    }
+    if (outer) {
+	Tcl_DecrRefCount(outer);
+    }
+    if (date) {
+	Tcl_DecrRefCount(date);
+    }
+    if (msgid) {
+	Tcl_DecrRefCount(msgid);
+    }
+    return code;
+}
+
+static void
+SetMessageSize(
+    SmtpMessage *m)
+{
+    Tcl_Size len;
+    Tcl_DString scratch;
+    const unsigned char *p = SmtpGetBytes(m->body, &len, &scratch);
+
+    m->size = SmtpDataSize(p, (size_t) len);
+    Tcl_DStringFree(&scratch);
+}
+
+enum {
+    OPT_ATLEASTONE, OPT_CLIENT, OPT_DEBUG, OPT_HEADER, OPT_MAXSECS,
+    OPT_ORIGINATOR, OPT_PASSWORD, OPT_PORTS, OPT_QUEUE, OPT_RECIPIENTS,
+    OPT_SERVERS, OPT_TLSIMPORT, OPT_TLSPOLICY, OPT_USETLS, OPT_USERNAME
+};
+
+static const char *const optionNames[] = {
+    "-atleastone", "-client", "-debug", "-header", "-maxsecs",
+    "-originator", "-password", "-ports", "-queue", "-recipients",
+    "-servers", "-tlsimport", "-tlspolicy", "-usetls", "-username", NULL
+};
+
+/*
+ * Everything one call owns, freed in one place.
+ */
+
+typedef struct Call_ {
+    SmtpOptions opts;
+    Headers h;
+    Tcl_Obj *originator;
+    Tcl_Obj *recipients;
+    Tcl_Obj *sender;
+    Tcl_Obj *vrecipients;
+    Tcl_Obj *brecipients;
+    SmtpMessage msgs[2];
+    int nmsgs;
+} SendCall;
+
+static void
+Hold(
+    Tcl_Obj **slot,
+    Tcl_Obj *value)
+{
+    if (value) {
+	Tcl_IncrRefCount(value);
+    }
+    if (*slot) {
+	Tcl_DecrRefCount(*slot);
+    }
+    *slot = value;
+}
+
+static void
+SendCallFree(
+    SendCall *c)
+{
+    int i;
+
+    Hold(&c->opts.servers, NULL);
+    Hold(&c->opts.ports, NULL);
+    Hold(&c->opts.client, NULL);
+    Hold(&c->opts.tlspolicy, NULL);
+    Hold(&c->opts.username, NULL);
+    Hold(&c->opts.password, NULL);
+    HeadersFree(&c->h);
+    Hold(&c->originator, NULL);
+    Hold(&c->recipients, NULL);
+    Hold(&c->sender, NULL);
+    Hold(&c->vrecipients, NULL);
+    Hold(&c->brecipients, NULL);
+    for (i = 0; i < 2; i++) {
+	Hold(&c->msgs[i].body, NULL);
+    }
+}
+
+/*
+ * Checks -ports: each element empty (meaning 25) or a TCP port number.
+ */
+
+static int
+CheckPorts(
+    Tcl_Interp *interp,
+    Tcl_Obj *ports)
+{
+    Tcl_Size n, i;
+    Tcl_Obj **elems;
+
+    if (Tcl_ListObjGetElements(interp, ports, &n, &elems) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    for (i = 0; i < n; i++) {
+	int port;
+
+	if (Tcl_GetCharLength(elems[i]) == 0) {
+	    continue;
+	}
+	if (Tcl_GetIntFromObj(NULL, elems[i], &port) != TCL_OK
+		|| port < 1 || port > 65535) {
+	    return OptionError(interp, Tcl_ObjPrintf(
+		    "invalid port \"%s\" in -ports: expected an integer"
+		    " from 1 to 65535", Tcl_GetString(elems[i])));
+	}
+    }
+    return TCL_OK;
+}
+
+static int
+ParseOptions(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[],
+    SendCall *c,
+    int *origP)
+{
+    static const char *const refused[] = {
+	"content-type", "content-transfer-encoding", "content-md5",
+	"mime-version", NULL
+    };
+    int i;
+
+    if ((objc - 2) % 2) {
+	return OptionError(interp, Tcl_ObjPrintf(
+		"Each option must have a value!  Invalid option list: %s",
+		Tcl_GetString(Tcl_NewListObj(objc - 2, objv + 2))));
+    }
+    for (i = 2; i < objc; i += 2) {
+	Tcl_Obj *value = objv[i + 1];
+	int idx;
+
+	if (Tcl_GetIndexFromObj(NULL, objv[i], optionNames, "option",
+		TCL_EXACT, &idx) != TCL_OK) {
+	    return OptionError(interp, Tcl_ObjPrintf("unknown option %s",
+		    Tcl_GetString(objv[i])));
+	}
+	switch (idx) {
+	case OPT_ATLEASTONE:
+	    if (GetBoolean(interp, value, &c->opts.atleastone) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_DEBUG:
+	    if (GetBoolean(interp, value, &c->opts.debug) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_QUEUE:
+	    if (GetBoolean(interp, value, &c->opts.queue) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_USETLS:
+	    if (GetBoolean(interp, value, &c->opts.usetls) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_TLSIMPORT:
+	    if (GetBoolean(interp, value, &c->opts.tlsimport) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_TLSPOLICY:
+	    Hold(&c->opts.tlspolicy, value);
+	    break;
+	case OPT_MAXSECS: {
+	    int secs;
+
+	    if (Tcl_GetIntFromObj(interp, value, &secs) != TCL_OK) {
+		Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
+		return TCL_ERROR;
+	    }
+	    c->opts.maxsecs = secs < 0 ? 0 : secs;
+	    break;
+	}
+	case OPT_HEADER: {
+	    Tcl_Size n;
+	    Tcl_Obj **kv, *lower;
+	    int r;
+
+	    if (Tcl_ListObjGetElements(interp, value, &n, &kv) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    if (n != 2) {
+		return OptionError(interp, Tcl_ObjPrintf(
+			"-header expects a key and a value, not %s",
+			Tcl_GetString(value)));
+	    }
+	    lower = Tcl_DuplicateObj(kv[0]);
+	    Tcl_IncrRefCount(lower);
+	    Tcl_SetObjLength(lower, Tcl_UtfToLower(Tcl_GetString(lower)));
+	    if (Tcl_GetIndexFromObj(NULL, lower, refused, "header",
+		    TCL_EXACT, &r) == TCL_OK) {
+		Tcl_DecrRefCount(lower);
+		return OptionError(interp, Tcl_NewStringObj(
+			"Content-Type, Content-Transfer-Encoding,"
+			" Content-MD5, and MIME-Version cannot be"
+			" user-specified.", -1));
+	    }
+	    HeadersAdd(&c->h, Tcl_GetString(lower), Tcl_GetString(kv[0]),
+		    kv[1]);
+	    Tcl_DecrRefCount(lower);
+	    break;
+	}
+	case OPT_ORIGINATOR:
+	    Hold(&c->originator, value);
+	    if (Tcl_GetCharLength(value) == 0) {
+		*origP = 1;
+	    }
+	    break;
+	case OPT_RECIPIENTS:
+	    Hold(&c->recipients, value);
+	    break;
+	case OPT_SERVERS:
+	    Hold(&c->opts.servers, value);
+	    break;
+	case OPT_CLIENT:
+	    Hold(&c->opts.client, value);
+	    break;
+	case OPT_PORTS:
+	    Hold(&c->opts.ports, value);
+	    break;
+	case OPT_USERNAME:
+	    Hold(&c->opts.username, value);
+	    break;
+	case OPT_PASSWORD:
+	    Hold(&c->opts.password, value);
+	    break;
+	}
+    }
+    if (Tcl_ListObjLength(interp, c->opts.servers, &(Tcl_Size){0})
+	    != TCL_OK) {
+	return TCL_ERROR;
+    }
+    if (CheckPorts(interp, c->opts.ports) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    if (c->opts.tlsimport) {
+	Tcl_SetObjResult(interp, Tcl_NewStringObj(
+		"-tlsimport: implicit TLS is not supported by this release",
+		-1));
+	Tcl_SetErrorCode(interp, "SMTP", "TLS", "UNSUPPORTED", NULL);
+	return TCL_ERROR;
+    }
+    return TCL_OK;
+}
+
+/*
+ * Applies tcllib's rules for the envelope and the added headers: who sends
+ * (and the From and Sender headers), who receives (To, cc, Dcc, Bcc),
+ * Date and Message-ID.
+ */
+
+static int
+EnvelopeRules(
+    Tcl_Interp *interp,
+    Tcl_Obj *part,
+    SendCall *c,
+    int origP,
+    int *bccP,
+    Tcl_DString *bccM)
+{
+    Tcl_Size n, i;
+    Tcl_Obj **lowers;
+    int resent = 0;
+    const char *pL, *pM;
+    char fromL[32], fromM[32], senderL[32], senderM[32], toL[32], toM[32],
+	    ccL[32], ccM[32], dccL[32], dccM[32], bccL[32], dateL[32],
+	    dateM[32], midL[32], midM[32];
+    Tcl_Obj *who = NULL, *v;
+
+    Tcl_ListObjGetElements(NULL, c->h.lowerL, &n, &lowers);
+    for (i = 0; i < n; i++) {
+	if (Tcl_StringMatch(Tcl_GetString(lowers[i]), "resent-*")) {
+	    resent = 1;
+	}
+    }
+    pL = resent ? "resent-" : "";
+    pM = resent ? "Resent-" : "";
+#define NAME(bufL, bufM, lower, mixed) \
+    snprintf(bufL, sizeof(bufL), "%s%s", pL, lower); \
+    snprintf(bufM, sizeof(bufM), "%s%s", pM, mixed)
+    NAME(fromL, fromM, "from", "From");
+    NAME(senderL, senderM, "sender", "Sender");
+    NAME(toL, toM, "to", "To");
+    NAME(ccL, ccM, "cc", "cc");
+    NAME(dccL, dccM, "dcc", "Dcc");
+    NAME(dateL, dateM, "date", "Date");
+    NAME(midL, midM, "message-id", "Message-ID");
+#undef NAME
+    snprintf(bccL, sizeof(bccL), "%sbcc", pL);
+    Tcl_DStringAppend(bccM, pM, -1);
+    Tcl_DStringAppend(bccM, "Bcc", 3);
+
+    if (origP) {
+	Hold(&c->sender, Tcl_NewObj());
+    } else {
+	Tcl_Obj *addrs = NULL, *from;
+	const char *whoName = "-originator";
+
+	if (c->originator == NULL || Tcl_GetCharLength(c->originator) == 0) {
+	    if (HeadersGet(&c->h, fromL) == NULL) {
+		Hold(&c->originator, Tcl_GetVar2Ex(interp, "tcl_platform",
+			"user", TCL_GLOBAL_ONLY));
+		if (c->originator == NULL) {
+		    Hold(&c->originator, Tcl_NewObj());
+		}
+	    } else {
+		Hold(&c->originator, HeadersJoined(&c->h, fromL));
+		whoName = fromM;
+	    }
+	}
+	if (HeadersFind(&c->h, fromL) < 0) {
+	    HeadersAdd(&c->h, fromL, fromM, c->originator);
+	}
+	if (ParseAddresses(interp, c->originator, whoName, 1, &addrs)
+		!= TCL_OK) {
+	    return TCL_ERROR;
+	}
+	Tcl_ListObjIndex(NULL, addrs, 0, &v);
+	Hold(&c->sender, v);
+	Tcl_DecrRefCount(addrs);
+
+	from = HeadersJoined(&c->h, fromL);
+	Tcl_IncrRefCount(from);
+	if (HeadersFind(&c->h, senderL) < 0
+		&& strcmp(Tcl_GetString(c->originator),
+		    Tcl_GetString(from)) != 0) {
+	    if (ParseAddresses(interp, from, fromM, 1, &addrs) != TCL_OK) {
+		Tcl_DecrRefCount(from);
+		return TCL_ERROR;
+	    }
+	    Tcl_ListObjIndex(NULL, addrs, 0, &v);
+	    if (strcmp(Tcl_GetString(v), Tcl_GetString(c->sender)) != 0) {
+		HeadersAdd(&c->h, senderL, senderM, v);
+	    }
+	    Tcl_DecrRefCount(addrs);
+	}
+	Tcl_DecrRefCount(from);
+    }
+
+    if (c->recipients && Tcl_GetCharLength(c->recipients) > 0) {
+	who = S("-recipients");
+    } else if (HeadersGet(&c->h, toL) == NULL) {
+	return OptionError(interp, Tcl_ObjPrintf("need -header \"%s ...\"",
+		toM));
+    } else {
+	Hold(&c->recipients, HeadersJoined(&c->h, toL));
+	who = S(toM);
+	if (HeadersGet(&c->h, ccL)) {
+	    Tcl_Obj *r = Tcl_DuplicateObj(c->recipients);
+
+	    Tcl_AppendToObj(r, ",", 1);
+	    Tcl_AppendObjToObj(r, HeadersJoined(&c->h, ccL));
+	    Hold(&c->recipients, r);
+	    Tcl_AppendPrintfToObj(who, "/%s", ccM);
+	}
+	if (HeadersFind(&c->h, dccL) >= 0) {
+	    Tcl_Obj *r = Tcl_DuplicateObj(c->recipients);
+
+	    Tcl_AppendToObj(r, ",", 1);
+	    Tcl_AppendObjToObj(r, HeadersJoined(&c->h, dccL));
+	    Hold(&c->recipients, r);
+	    Tcl_AppendPrintfToObj(who, "/%s", dccM);
+	    HeadersRemove(&c->h, dccL);
+	}
+    }
+    Tcl_IncrRefCount(who);
+
+    *bccP = 0;
+    if (HeadersFind(&c->h, bccL) >= 0) {
+	Tcl_Obj *b = HeadersJoined(&c->h, bccL);
+
+	*bccP = 1;
+	Tcl_IncrRefCount(b);
+	if (ParseAddresses(interp, b, Tcl_DStringValue(bccM), 0,
+		&c->brecipients) != TCL_OK) {
+	    Tcl_DecrRefCount(b);
+	    Tcl_DecrRefCount(who);
+	    return TCL_ERROR;
+	}
+	Tcl_DecrRefCount(b);
+	HeadersRemove(&c->h, bccL);
+    }
+    if (HeadersFind(&c->h, toL) < 0) {
+	HeadersAdd(&c->h, bccL, Tcl_DStringValue(bccM), Tcl_NewObj());
+    }
+    if (ParseAddresses(interp, c->recipients, Tcl_GetString(who), 0,
+	    &c->vrecipients) != TCL_OK) {
+	Tcl_DecrRefCount(who);
+	return TCL_ERROR;
+    }
+    Tcl_DecrRefCount(who);
+
+    if (HeadersFind(&c->h, dateL) < 0
+	    && Call(interp, NULL, S("::mime::getheader"), part, S(dateL), NULL)
+		!= TCL_OK) {
+	Tcl_Obj *date = NULL;
+
+	if (Call(interp, &date, S("::mime::parsedatetime"), S("-now"),
+		S("proper"), NULL) != TCL_OK) {
+	    return TCL_ERROR;
+	}
+	HeadersAdd(&c->h, dateL, dateM, date);
+	Tcl_DecrRefCount(date);
+    }
+    if (HeadersFind(&c->h, midL) < 0
+	    && Call(interp, NULL, S("::mime::getheader"), part, S(midL), NULL)
+		!= TCL_OK) {
+	Tcl_Obj *id = NULL;
+
+	if (Call(interp, &id, S("::mime::uniqueID"), NULL) != TCL_OK) {
+	    return TCL_ERROR;
+	}
+	HeadersAdd(&c->h, midL, midM, id);
+	Tcl_DecrRefCount(id);
+    }
+    Tcl_ResetResult(interp);
+    return TCL_OK;
+}
+
+/*
+ * ::smtp::sendmessage token ?option value ...?
+ *
+ * Sends the MIME part 'token' and returns the list of refused recipients,
+ * each {address code diagnostic}.
+ */
+
+int
+SmtpSendmessageObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    SendCall c;
+    Tcl_Obj *part, *names = NULL;
+    int origP = 0, bccP = 0, code;
+    Tcl_DString bccM;
+    Saved saved;
+    SmtpSession *sess;
+
+    (void) clientData;
+    if (objc < 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "token ?option value ...?");
+	return TCL_ERROR;
+    }
+    part = objv[1];
+    memset(&c, 0, sizeof(c));
+    HeadersInit(&c.h);
+    Tcl_DStringInit(&bccM);
+    Hold(&c.opts.servers, S("localhost"));
+    Hold(&c.opts.ports, S("25"));
+    c.opts.maxsecs = 120;
+    c.opts.usetls = 1;
+
+    code = ParseOptions(interp, objc, objv, &c, &origP);
+    if (code == TCL_OK) {
+	code = Call(interp, &names, S("::mime::getheader"), part, S("-names"),
+		NULL);
+	if (code != TCL_OK) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "invalid mime token \"%s\"", Tcl_GetString(part)));
+	    Tcl_SetErrorCode(interp, "SMTP", "TOKEN", NULL);
+	} else {
+	    Tcl_DecrRefCount(names);
+	}
+    }
+    if (code == TCL_OK) {
+	code = EnvelopeRules(interp, part, &c, origP, &bccP, &bccM);
+    }
+    if (code == TCL_OK) {
+	SaveToken(interp, part, &c.h, &saved);
+	code = ApplyHeaders(interp, part, &c.h);
+	if (code == TCL_OK) {
+	    code = BuildMessage(interp, part, &c.msgs[0].body);
+	}
+	if (code == TCL_OK && bccP) {
+	    code = BuildBccDigest(interp, part, c.originator,
+		    Tcl_DStringValue(&bccM), &c.h, &c.msgs[1].body);
+	}
+	RestoreToken(interp, part, &saved);
+    }
+    if (code == TCL_OK) {
+	c.nmsgs = bccP ? 2 : 1;
+	c.msgs[0].sender = c.sender;
+	c.msgs[0].recipients = c.vrecipients;
+	SetMessageSize(&c.msgs[0]);
+	if (bccP) {
+	    c.msgs[1].sender = c.sender;
+	    c.msgs[1].recipients = c.brecipients;
+	    SetMessageSize(&c.msgs[1]);
+	}
+	if (c.opts.client == NULL || Tcl_GetCharLength(c.opts.client) == 0) {
+	    Hold(&c.opts.client, S(strcmp(Tcl_GetString(c.opts.servers),
+		    "localhost") == 0 ? "localhost" : Tcl_GetHostName()));
+	}
+	c.opts.multiple = bccP;
+	Tcl_ResetResult(interp);
+	sess = SmtpSessionNew(interp, &c.opts, c.msgs, c.nmsgs);
+	code = SmtpSessionRun(sess);
+	SmtpSessionFree(sess);
+    }
+    Tcl_DStringFree(&bccM);
+    SendCallFree(&c);
+    return code;
+}

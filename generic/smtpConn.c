@@ -1,0 +1,309 @@
+/*
+ * smtpConn.c --
+ *
+ *	The transport: a non-blocking Tcl socket channel, connected
+ *	asynchronously, whose readiness is reported to the protocol core
+ *	through callbacks from Tcl's event loop. Nothing here blocks, so the
+ *	caller's event loop (timers, file events, other servers) keeps running
+ *	while a message is sent.
+ */
+
+#include "smtpInt.h"
+#include <errno.h>
+#include <stdio.h>
+
+struct SmtpConn {
+    Tcl_Channel chan;
+    const SmtpConnEvents *ev;
+    void *cd;
+    int connecting;		/* Async connect not yet completed. */
+    int mask;			/* Events the channel handler watches. */
+    int wantWrite;		/* Core asked to hear when writable. */
+    int dead;			/* Closed; no more callbacks. */
+    Tcl_TimerToken timer;
+    char err[200];
+};
+
+static void	ChannelProc(void *cd, int mask);
+static void	TimerProc(void *cd);
+
+static void
+SetMask(
+    SmtpConn *c,
+    int mask)
+{
+    if (mask == c->mask) {
+	return;
+    }
+    if (c->mask) {
+	Tcl_DeleteChannelHandler(c->chan, ChannelProc, c);
+    }
+    c->mask = mask;
+    if (mask) {
+	Tcl_CreateChannelHandler(c->chan, mask, ChannelProc, c);
+    }
+}
+
+/*
+ * Starts connecting to host:port. Returns the connection, or NULL with the
+ * reason in the interpreter's result. The 'connected' callback follows from
+ * the event loop, or 'closed' when the connection fails.
+ */
+
+SmtpConn *
+SmtpConnOpen(
+    Tcl_Interp *interp,
+    const char *host,
+    int port,
+    const SmtpConnEvents *ev,
+    void *cd)
+{
+    SmtpConn *c;
+    Tcl_Channel chan = Tcl_OpenTcpClient(interp, port, host, NULL, 0, 1);
+
+    if (chan == NULL) {
+	return NULL;
+    }
+    if (Tcl_SetChannelOption(interp, chan, "-blocking", "0") != TCL_OK
+	    || Tcl_SetChannelOption(interp, chan, "-translation", "binary")
+		!= TCL_OK
+	    || Tcl_SetChannelOption(interp, chan, "-buffering", "full")
+		!= TCL_OK
+	    || Tcl_SetChannelOption(interp, chan, "-buffersize", "65536")
+		!= TCL_OK) {
+	Tcl_Close(NULL, chan);
+	return NULL;
+    }
+    c = (SmtpConn *) ckalloc(sizeof(SmtpConn));
+    memset(c, 0, sizeof(SmtpConn));
+    c->chan = chan;
+    c->ev = ev;
+    c->cd = cd;
+    c->connecting = 1;
+    SetMask(c, TCL_WRITABLE);
+    return c;
+}
+
+/*
+ * Called when the async connect has finished, one way or the other.
+ */
+
+static void
+ConnectDone(
+    SmtpConn *c)
+{
+    Tcl_DString ds;
+    const char *err;
+
+    Tcl_DStringInit(&ds);
+    if (Tcl_GetChannelOption(NULL, c->chan, "-error", &ds) != TCL_OK) {
+	Tcl_DStringSetLength(&ds, 0);
+    }
+    err = Tcl_DStringValue(&ds);
+    if (*err) {
+	snprintf(c->err, sizeof(c->err), "couldn't open socket: %s", err);
+	Tcl_DStringFree(&ds);
+	c->dead = 1;
+	SetMask(c, 0);
+	c->ev->closed(c->cd, c->err);
+	return;
+    }
+    Tcl_DStringFree(&ds);
+    c->connecting = 0;
+    SmtpPlatformNoDelay(c->chan);
+    SetMask(c, TCL_READABLE | (c->wantWrite ? TCL_WRITABLE : 0));
+    c->ev->connected(c->cd);
+}
+
+/*
+ * Reads what the socket has and hands it to the core.
+ */
+
+static void
+ReadSome(
+    SmtpConn *c)
+{
+    char buf[65536];
+    Tcl_Size n = Tcl_Read(c->chan, buf, sizeof(buf));
+
+    if (n > 0) {
+	c->ev->readable(c->cd, (const unsigned char *) buf, (size_t) n);
+	return;
+    }
+    if (n < 0 && Tcl_GetErrno() == EAGAIN) {
+	return;
+    }
+    if (n < 0) {
+	snprintf(c->err, sizeof(c->err), "error reading from server: %s",
+		Tcl_ErrnoMsg(Tcl_GetErrno()));
+    } else if (Tcl_Eof(c->chan)) {
+	snprintf(c->err, sizeof(c->err), "premature end-of-file from server");
+    } else {
+	return;
+    }
+    c->dead = 1;
+    SetMask(c, 0);
+    c->ev->closed(c->cd, c->err);
+}
+
+/*
+ * The channel handler. Each callback into the core may close the
+ * connection, so nothing of 'c' is touched after one unless it is still
+ * alive (the core defers freeing through Tcl_EventuallyFree).
+ */
+
+static void
+ChannelProc(
+    void *cd,
+    int mask)
+{
+    SmtpConn *c = (SmtpConn *) cd;
+
+    Tcl_Preserve(c);
+    if (c->connecting) {
+	if (mask & TCL_WRITABLE) {
+	    ConnectDone(c);
+	}
+    } else {
+	if ((mask & TCL_READABLE) && !c->dead) {
+	    ReadSome(c);
+	}
+	if ((mask & TCL_WRITABLE) && !c->dead && c->wantWrite) {
+	    c->ev->writable(c->cd);
+	}
+    }
+    Tcl_Release(c);
+}
+
+static void
+TimerProc(
+    void *cd)
+{
+    SmtpConn *c = (SmtpConn *) cd;
+
+    c->timer = NULL;
+    if (!c->dead) {
+	Tcl_Preserve(c);
+	c->ev->timeout(c->cd);
+	Tcl_Release(c);
+    }
+}
+
+/*
+ * Queues bytes for the server. They leave with the next SmtpConnFlush, so
+ * a batch of commands goes out in one write.
+ */
+
+void
+SmtpConnWrite(
+    SmtpConn *c,
+    const void *p,
+    size_t n)
+{
+    if (c->dead || n == 0) {
+	return;
+    }
+    if (Tcl_Write(c->chan, (const char *) p, (Tcl_Size) n) < 0) {
+	snprintf(c->err, sizeof(c->err), "error writing to server: %s",
+		Tcl_ErrnoMsg(Tcl_GetErrno()));
+    }
+}
+
+/*
+ * Sends what is queued; what the socket cannot take now goes out in the
+ * background. Returns TCL_ERROR (with SmtpConnError set) when the
+ * connection has failed.
+ */
+
+int
+SmtpConnFlush(
+    SmtpConn *c)
+{
+    if (c->dead) {
+	return TCL_ERROR;
+    }
+    if (c->err[0]) {
+	return TCL_ERROR;
+    }
+    if (Tcl_Flush(c->chan) != TCL_OK) {
+	snprintf(c->err, sizeof(c->err), "error writing to server: %s",
+		Tcl_ErrnoMsg(Tcl_GetErrno()));
+	return TCL_ERROR;
+    }
+    return TCL_OK;
+}
+
+/*
+ * Bytes written but not yet handed to the operating system.
+ */
+
+Tcl_Size
+SmtpConnPending(
+    SmtpConn *c)
+{
+    return c->dead ? 0 : Tcl_OutputBuffered(c->chan);
+}
+
+/*
+ * Asks for the 'writable' callback (Tcl calls it only once its own output
+ * buffer has drained, which is the flow control the body writer needs).
+ */
+
+void
+SmtpConnWantWritable(
+    SmtpConn *c,
+    int on)
+{
+    c->wantWrite = on;
+    if (!c->connecting && !c->dead) {
+	SetMask(c, TCL_READABLE | (on ? TCL_WRITABLE : 0));
+    }
+}
+
+/*
+ * Arms the timeout: 'timeout' is called after secs seconds unless this is
+ * called again first. A negative value disarms it.
+ */
+
+void
+SmtpConnSetTimeout(
+    SmtpConn *c,
+    int secs)
+{
+    if (c->timer) {
+	Tcl_DeleteTimerHandler(c->timer);
+	c->timer = NULL;
+    }
+    if (secs >= 0 && !c->dead) {
+	c->timer = Tcl_CreateTimerHandler(secs * 1000, TimerProc, c);
+    }
+}
+
+const char *
+SmtpConnError(
+    SmtpConn *c)
+{
+    return c->err[0] ? c->err : "connection closed";
+}
+
+/*
+ * Closes the socket (queued output still drains in the background) and
+ * frees the connection once no callback is using it.
+ */
+
+void
+SmtpConnClose(
+    SmtpConn *c)
+{
+    if (c == NULL) {
+	return;
+    }
+    SetMask(c, 0);
+    if (c->timer) {
+	Tcl_DeleteTimerHandler(c->timer);
+	c->timer = NULL;
+    }
+    c->dead = 1;
+    Tcl_Close(NULL, c->chan);
+    Tcl_EventuallyFree(c, TCL_DYNAMIC);
+}

@@ -1,0 +1,138 @@
+/*
+ * smtpData.c --
+ *
+ *	The DATA encoder (RFC 5321 sections 2.3.8 and 4.5.2): every line end
+ *	becomes CRLF (a bare LF or a bare CR included), a line that starts
+ *	with a dot gets a second one, and the message ends with CRLF "." CRLF.
+ *	One pass, streaming: the input may be split anywhere.
+ */
+
+#include "smtpInt.h"
+
+void
+SmtpDataInit(
+    SmtpDataEnc *e)
+{
+    e->bol = 1;
+    e->cr = 0;
+}
+
+/*
+ * Returns the length of the run of bytes from p that holds neither CR nor
+ * LF.
+ */
+
+static size_t
+PlainRun(
+    const unsigned char *p,
+    size_t n)
+{
+    size_t i = 0;
+
+    while (i < n && p[i] != '\r' && p[i] != '\n') {
+	i++;
+    }
+    return i;
+}
+
+/*
+ * Appends the encoding of n bytes at p to 'out'.
+ */
+
+void
+SmtpDataEncode(
+    SmtpDataEnc *e,
+    const unsigned char *p,
+    size_t n,
+    SmtpBuf *out)
+{
+    size_t i = 0;
+
+    /* Worst case: every byte a dot at a line start or a bare line end. */
+    SmtpBufReserve(out, 2 * n + 2);
+    while (i < n) {
+	unsigned char c = p[i];
+	size_t run;
+
+	if (e->cr) {
+	    e->cr = 0;
+	    out->data[out->len++] = '\n';
+	    e->bol = 1;
+	    if (c == '\n') {
+		i++;
+		continue;
+	    }
+	}
+	if (c == '\r') {
+	    out->data[out->len++] = '\r';
+	    e->cr = 1;
+	    e->bol = 0;
+	    i++;
+	    continue;
+	}
+	if (c == '\n') {
+	    out->data[out->len++] = '\r';
+	    out->data[out->len++] = '\n';
+	    e->bol = 1;
+	    i++;
+	    continue;
+	}
+	if (e->bol && c == '.') {
+	    out->data[out->len++] = '.';
+	}
+	run = PlainRun(p + i, n - i);
+	memcpy(out->data + out->len, p + i, run);
+	out->len += run;
+	i += run;
+	e->bol = 0;
+    }
+}
+
+/*
+ * Ends the message: completes a pending CR, adds a final CRLF if the last
+ * line had none, then the terminating dot line.
+ */
+
+void
+SmtpDataFinish(
+    SmtpDataEnc *e,
+    SmtpBuf *out)
+{
+    if (e->cr) {
+	SmtpBufAppend(out, "\n", 1);
+	e->cr = 0;
+	e->bol = 1;
+    }
+    if (!e->bol) {
+	SmtpBufAppend(out, "\r\n", 2);
+    }
+    SmtpBufAppend(out, ".\r\n", 3);
+    e->bol = 1;
+}
+
+/*
+ * Returns the size of the message as RFC 1870 counts it: line ends as
+ * CRLF, a final CRLF added when missing, no dot-stuffing and no
+ * terminating dot line.
+ */
+
+Tcl_WideInt
+SmtpDataSize(
+    const unsigned char *p,
+    size_t n)
+{
+    Tcl_WideInt size = (Tcl_WideInt) n;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+	if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r')) {
+	    size++;
+	} else if (p[i] == '\r' && (i + 1 == n || p[i + 1] != '\n')) {
+	    size++;
+	}
+    }
+    if (n > 0 && p[n - 1] != '\n' && p[n - 1] != '\r') {
+	size += 2;
+    }
+    return size;
+}

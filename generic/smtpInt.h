@@ -1,0 +1,197 @@
+/*
+ * smtpInt.h --
+ *
+ *	Declarations shared by the parts of the smtp package: the reply
+ *	parser, the DATA encoder, the protocol core, the transport and the
+ *	Tcl command layer.
+ */
+
+#ifndef SMTPINT_H
+#define SMTPINT_H
+
+#include <tcl.h>
+#include <string.h>
+#include <stdlib.h>
+
+#ifndef TCL_SIZE_MAX
+typedef int Tcl_Size;
+#define TCL_SIZE_MAX INT_MAX
+#endif
+
+#ifndef PACKAGE_NAME
+#define PACKAGE_NAME "smtp"
+#endif
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "1.6.0"
+#endif
+
+/*
+ * A growable byte buffer with a read position, used for bytes to and from
+ * the network.
+ */
+
+typedef struct SmtpBuf {
+    unsigned char *data;
+    size_t len;			/* Bytes held. */
+    size_t pos;			/* Bytes already consumed from the front. */
+    size_t cap;
+} SmtpBuf;
+
+void		SmtpBufInit(SmtpBuf *b);
+void		SmtpBufFree(SmtpBuf *b);
+void		SmtpBufReserve(SmtpBuf *b, size_t more);
+void		SmtpBufAppend(SmtpBuf *b, const void *p, size_t n);
+void		SmtpBufAppendStr(SmtpBuf *b, const char *s);
+void		SmtpBufConsume(SmtpBuf *b, size_t n);
+#define SmtpBufAvail(b)	((b)->len - (b)->pos)
+#define SmtpBufPtr(b)	((b)->data + (b)->pos)
+
+/*
+ * smtpReply.c: a server reply, possibly of several lines.
+ */
+
+#define SMTP_MAX_LINE	4096	/* Longest reply line accepted (RFC 5321
+				 * asks for 512; servers write longer). */
+#define SMTP_MAX_LINES	1000	/* Most lines in one reply. */
+
+typedef struct SmtpReply {
+    int code;			/* Three-digit reply code. */
+    char enhanced[16];		/* RFC 3463 status code or "". */
+    Tcl_Obj *text;		/* Text of the first line (after the code
+				 * and separator), trimmed. */
+    Tcl_Obj *lines;		/* List: text of the second and later lines. */
+    Tcl_Obj *raw;		/* List: every line as received, without
+				 * its line end (for -debug). */
+} SmtpReply;
+
+typedef struct SmtpReplyParser {
+    SmtpBuf line;		/* Bytes of the line being assembled. */
+    SmtpReply cur;		/* Reply being assembled. */
+    int nlines;
+    int started;
+} SmtpReplyParser;
+
+enum {
+    SMTP_PARSE_MORE = 0,	/* Need more bytes. */
+    SMTP_PARSE_REPLY = 1,	/* A complete reply is available. */
+    SMTP_PARSE_ERROR = -1	/* Malformed input; message in errbuf. */
+};
+
+void		SmtpReplyParserInit(SmtpReplyParser *p);
+void		SmtpReplyParserFree(SmtpReplyParser *p);
+int		SmtpReplyParse(SmtpReplyParser *p, const unsigned char *bytes,
+		    size_t len, size_t *used, SmtpReply *out,
+		    Tcl_Obj **errOut);
+void		SmtpReplyClear(SmtpReply *r);
+void		SmtpReplyInit(SmtpReply *r);
+int		SmtpHasExtension(Tcl_Obj *caps, const char *keyword,
+		    Tcl_Obj **paramsOut);
+Tcl_Obj *	SmtpReplyDiagnostic(const SmtpReply *r);
+
+/*
+ * smtpData.c: DATA encoding (CRLF normalisation and dot-stuffing).
+ */
+
+typedef struct SmtpDataEnc {
+    int bol;			/* At the beginning of a line. */
+    int cr;			/* Last byte was a CR not yet followed. */
+} SmtpDataEnc;
+
+void		SmtpDataInit(SmtpDataEnc *e);
+void		SmtpDataEncode(SmtpDataEnc *e, const unsigned char *p,
+		    size_t n, SmtpBuf *out);
+void		SmtpDataFinish(SmtpDataEnc *e, SmtpBuf *out);
+Tcl_WideInt	SmtpDataSize(const unsigned char *p, size_t n);
+
+/*
+ * Bytes of a Tcl value as the mime package treats them: each character's
+ * low 8 bits.
+ */
+
+const unsigned char *SmtpGetBytes(Tcl_Obj *obj, Tcl_Size *lenPtr,
+		    Tcl_DString *scratch);
+
+/*
+ * smtpProto.c: one SMTP client session, an explicit state machine fed with
+ * events by the transport.
+ */
+
+typedef struct SmtpMessage {
+    Tcl_Obj *sender;		/* Envelope sender (may be empty). */
+    Tcl_Obj *recipients;	/* List of envelope recipients. */
+    Tcl_Obj *body;		/* Message bytes as the mime package wrote. */
+    Tcl_WideInt size;		/* Octets as carried by DATA (RFC 1870). */
+} SmtpMessage;
+
+typedef struct SmtpOptions {
+    Tcl_Obj *servers;		/* List of host names. */
+    Tcl_Obj *ports;		/* List of ports, paired with servers. */
+    Tcl_Obj *client;		/* Name for EHLO/HELO. */
+    int debug;
+    int queue;
+    int atleastone;
+    int multiple;		/* More than one message on the connection. */
+    int maxsecs;		/* Bound on the reply after the final dot. */
+    int usetls;
+    int tlsimport;
+    Tcl_Obj *tlspolicy;
+    Tcl_Obj *username;
+    Tcl_Obj *password;
+} SmtpOptions;
+
+typedef enum SmtpState {
+    ST_IDLE, ST_CONNECTING, ST_GREETING, ST_EHLO, ST_HELO, ST_ONEX,
+    ST_QUED, ST_MAIL, ST_RCPT, ST_DATA, ST_BODY, ST_DOT, ST_RSET, ST_QUIT,
+    ST_DONE
+} SmtpState;
+
+typedef struct SmtpSession SmtpSession;
+
+SmtpSession *	SmtpSessionNew(Tcl_Interp *interp, SmtpOptions *opts,
+		    SmtpMessage *msgs, int nmsgs);
+int		SmtpSessionRun(SmtpSession *s);
+void		SmtpSessionFree(SmtpSession *s);
+
+/*
+ * smtpConn.c: transport over a Tcl channel, driven by the event loop.
+ */
+
+typedef struct SmtpConn SmtpConn;
+
+typedef struct SmtpConnEvents {
+    void (*connected)(void *cd);
+    void (*readable)(void *cd, const unsigned char *p, size_t n);
+    void (*writable)(void *cd);
+    void (*closed)(void *cd, const char *why);
+    void (*timeout)(void *cd);
+} SmtpConnEvents;
+
+SmtpConn *	SmtpConnOpen(Tcl_Interp *interp, const char *host, int port,
+		    const SmtpConnEvents *ev, void *cd);
+void		SmtpConnWrite(SmtpConn *c, const void *p, size_t n);
+int		SmtpConnFlush(SmtpConn *c);
+Tcl_Size	SmtpConnPending(SmtpConn *c);
+void		SmtpConnWantWritable(SmtpConn *c, int on);
+void		SmtpConnSetTimeout(SmtpConn *c, int secs);
+const char *	SmtpConnError(SmtpConn *c);
+void		SmtpConnClose(SmtpConn *c);
+
+/*
+ * Platform (unix/, win/).
+ */
+
+void		SmtpPlatformNoDelay(Tcl_Channel chan);
+
+/*
+ * smtpCmd.c.
+ */
+
+Tcl_ObjCmdProc	SmtpSendmessageObjCmd;
+
+/*
+ * smtpTest.c: ::smtp::internal commands for the test suite.
+ */
+
+void		SmtpTestInit(Tcl_Interp *interp);
+
+#endif /* SMTPINT_H */

@@ -1,0 +1,834 @@
+/*
+ * smtpProto.c --
+ *
+ *	The protocol core: one client session as an explicit state machine.
+ *	The transport feeds it events (connected, bytes, writable, closed,
+ *	timeout); each server reply advances the state by one switch. It
+ *	tries the servers in turn until one greets and accepts EHLO or HELO,
+ *	then runs one mail transaction per message and says QUIT.
+ */
+
+#include "smtpInt.h"
+#include <stdio.h>
+
+/*
+ * tcllib's bounds, in seconds, on each wait; no wait exceeds 600.
+ */
+
+#define WAIT_GREETING	600
+#define WAIT_EHLO	300
+#define WAIT_MAIL	600
+#define WAIT_RCPT	600
+#define WAIT_DATA	300
+#define WAIT_RSET	300
+#define WAIT_QUIT	120
+#define WAIT_MAX	600
+#define WAIT_BODY	600	/* Without progress while writing DATA. */
+
+#define BODY_CHUNK	(256 * 1024)	/* Input bytes encoded per write. */
+
+struct SmtpSession {
+    Tcl_Interp *interp;
+    SmtpOptions *opts;
+    SmtpMessage *msgs;
+    int nmsgs;
+    int cur;			/* Message being sent. */
+
+    SmtpConn *conn;
+    SmtpReplyParser parser;
+    SmtpState state;
+    int serverIdx;		/* Next server to try. */
+    Tcl_Size nservers;
+    Tcl_Obj **servers;
+    Tcl_Size nports;
+    Tcl_Obj **ports;
+    Tcl_Obj *host;		/* Server being tried. */
+    int port;
+    Tcl_Obj *tried;		/* Why each server tried failed. */
+    Tcl_Obj *caps;		/* EHLO capability lines. */
+
+    int rcptIdx;		/* Next recipient of the transaction. */
+    Tcl_Size nrcpts;
+    int good, bad;
+    Tcl_Obj *refused;		/* Result: refused recipients. */
+    Tcl_Obj *txRefused;		/* Refused in this transaction. */
+
+    const unsigned char *body;	/* Message bytes being written. */
+    Tcl_Size bodyLen, bodyPos;
+    Tcl_DString bodyScratch;
+    SmtpDataEnc enc;
+    SmtpBuf out;
+
+    int finished;
+    int code;			/* TCL_OK or TCL_ERROR when finished. */
+    Tcl_Obj *errMsg;
+    Tcl_Obj *errCode;
+};
+
+static void	OnConnected(void *cd);
+static void	OnBytes(void *cd, const unsigned char *p, size_t n);
+static void	OnWritable(void *cd);
+static void	OnClosed(void *cd, const char *why);
+static void	OnTimeout(void *cd);
+
+static const SmtpConnEvents sessionEvents = {
+    OnConnected, OnBytes, OnWritable, OnClosed, OnTimeout
+};
+
+static void	TryNextServer(SmtpSession *s);
+static void	StartTransaction(SmtpSession *s);
+
+/*
+ * Writes a line of the dialogue to stderr when -debug is on.
+ */
+
+static void
+Debug(
+    SmtpSession *s,
+    Tcl_Obj *line)
+{
+    Tcl_Channel err;
+
+    Tcl_IncrRefCount(line);
+    if (s->opts->debug
+	    && (err = Tcl_GetStdChannel(TCL_STDERR)) != NULL) {
+	Tcl_WriteObj(err, line);
+	Tcl_WriteChars(err, "\n", 1);
+	Tcl_Flush(err);
+    }
+    Tcl_DecrRefCount(line);
+}
+
+SmtpSession *
+SmtpSessionNew(
+    Tcl_Interp *interp,
+    SmtpOptions *opts,
+    SmtpMessage *msgs,
+    int nmsgs)
+{
+    SmtpSession *s = (SmtpSession *) ckalloc(sizeof(SmtpSession));
+
+    memset(s, 0, sizeof(SmtpSession));
+    s->interp = interp;
+    s->opts = opts;
+    s->msgs = msgs;
+    s->nmsgs = nmsgs;
+    s->state = ST_IDLE;
+    SmtpReplyParserInit(&s->parser);
+    SmtpBufInit(&s->out);
+    Tcl_DStringInit(&s->bodyScratch);
+    s->tried = Tcl_NewListObj(0, NULL);
+    Tcl_IncrRefCount(s->tried);
+    s->refused = Tcl_NewListObj(0, NULL);
+    Tcl_IncrRefCount(s->refused);
+    if (Tcl_ListObjGetElements(NULL, opts->servers, &s->nservers,
+	    &s->servers) != TCL_OK) {
+	s->nservers = 0;
+    }
+    if (Tcl_ListObjGetElements(NULL, opts->ports, &s->nports, &s->ports)
+	    != TCL_OK) {
+	s->nports = 0;
+    }
+    return s;
+}
+
+static void
+SetObj(
+    Tcl_Obj **slot,
+    Tcl_Obj *value)
+{
+    if (value) {
+	Tcl_IncrRefCount(value);
+    }
+    if (*slot) {
+	Tcl_DecrRefCount(*slot);
+    }
+    *slot = value;
+}
+
+static void
+CloseConn(
+    SmtpSession *s)
+{
+    if (s->conn) {
+	SmtpConnClose(s->conn);
+	s->conn = NULL;
+    }
+    SmtpReplyParserFree(&s->parser);
+    SmtpReplyParserInit(&s->parser);
+}
+
+void
+SmtpSessionFree(
+    SmtpSession *s)
+{
+    CloseConn(s);
+    SmtpReplyParserFree(&s->parser);
+    SmtpBufFree(&s->out);
+    Tcl_DStringFree(&s->bodyScratch);
+    SetObj(&s->tried, NULL);
+    SetObj(&s->refused, NULL);
+    SetObj(&s->txRefused, NULL);
+    SetObj(&s->caps, NULL);
+    SetObj(&s->host, NULL);
+    SetObj(&s->errMsg, NULL);
+    SetObj(&s->errCode, NULL);
+    ckfree(s);
+}
+
+/*
+ * Ends the session with success.
+ */
+
+static void
+Finish(
+    SmtpSession *s)
+{
+    CloseConn(s);
+    s->state = ST_DONE;
+    s->code = TCL_OK;
+    s->finished = 1;
+}
+
+/*
+ * Ends the session with an error. 'stage' names the step; the reply, if
+ * any, gives the code, enhanced code and text.
+ */
+
+static void
+FailReply(
+    SmtpSession *s,
+    const char *stage,
+    const SmtpReply *r)
+{
+    Tcl_Obj *ec = Tcl_NewListObj(0, NULL);
+
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj("SMTP", -1));
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(stage, -1));
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewIntObj(r->code));
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(r->enhanced, -1));
+    Tcl_ListObjAppendElement(NULL, ec, SmtpReplyDiagnostic(r));
+    SetObj(&s->errCode, ec);
+    SetObj(&s->errMsg, Tcl_ObjPrintf("%d: %s", r->code,
+	    Tcl_GetString(SmtpReplyDiagnostic(r))));
+
+    /* tcllib's abort: reset and quit without waiting, then close. */
+    if (s->conn) {
+	SmtpConnWrite(s->conn, "RSET\r\nQUIT\r\n", 12);
+	SmtpConnFlush(s->conn);
+    }
+    CloseConn(s);
+    s->state = ST_DONE;
+    s->code = TCL_ERROR;
+    s->finished = 1;
+}
+
+/*
+ * Ends the session with an error that has no server reply: the connection
+ * lost or timed out. The message keeps tcllib's form, where such failures
+ * carry the pseudo-code 400.
+ */
+
+static void
+FailLocal(
+    SmtpSession *s,
+    const char *stage,
+    const char *text)
+{
+    Tcl_Obj *ec = Tcl_NewListObj(0, NULL);
+
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj("SMTP", -1));
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(stage, -1));
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewObj());
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewObj());
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(text, -1));
+    SetObj(&s->errCode, ec);
+    SetObj(&s->errMsg, Tcl_ObjPrintf("400: %s", text));
+    CloseConn(s);
+    s->state = ST_DONE;
+    s->code = TCL_ERROR;
+    s->finished = 1;
+}
+
+/*
+ * Sends one command and arms the wait for its reply.
+ */
+
+static void
+Send(
+    SmtpSession *s,
+    SmtpState next,
+    int secs,
+    const char *cmd,
+    Tcl_Size len)
+{
+    if (len < 0) {
+	len = (Tcl_Size) strlen(cmd);
+    }
+    if (secs > WAIT_MAX) {
+	secs = WAIT_MAX;
+    }
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("--> %.*s (wait upto %d seconds)", (int) len,
+		cmd, secs));
+    }
+    s->state = next;
+    SmtpConnWrite(s->conn, cmd, (size_t) len);
+    SmtpConnWrite(s->conn, "\r\n", 2);
+    SmtpConnSetTimeout(s->conn, secs);
+    if (SmtpConnFlush(s->conn) != TCL_OK) {
+	OnClosed(s, SmtpConnError(s->conn));
+    }
+}
+
+static void
+SendObj(
+    SmtpSession *s,
+    SmtpState next,
+    int secs,
+    Tcl_Obj *cmd)
+{
+    Tcl_Size len;
+    const char *p;
+
+    Tcl_IncrRefCount(cmd);
+    p = Tcl_GetStringFromObj(cmd, &len);
+    Send(s, next, secs, p, len);
+    Tcl_DecrRefCount(cmd);
+}
+
+/*
+ * The current server cannot be used: note why and go on to the next one.
+ */
+
+static void
+ServerFailed(
+    SmtpSession *s,
+    const char *stage,
+    Tcl_Obj *why)
+{
+    Tcl_Obj *entry = Tcl_NewListObj(0, NULL);
+
+    Tcl_ListObjAppendElement(NULL, entry, s->host ? s->host : Tcl_NewObj());
+    Tcl_ListObjAppendElement(NULL, entry, Tcl_NewIntObj(s->port));
+    Tcl_ListObjAppendElement(NULL, entry, Tcl_NewStringObj(stage, -1));
+    Tcl_ListObjAppendElement(NULL, entry, why);
+    Tcl_ListObjAppendElement(NULL, s->tried, entry);
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("    ... %s ...", Tcl_GetString(why)));
+    }
+    CloseConn(s);
+    TryNextServer(s);
+}
+
+/*
+ * Every server has failed: the error names each one and why.
+ */
+
+static void
+NoServer(
+    SmtpSession *s)
+{
+    Tcl_Size n, i;
+    Tcl_Obj **entries, *msg, *ec, *last = NULL;
+
+    Tcl_ListObjGetElements(NULL, s->tried, &n, &entries);
+    if (n == 0) {
+	msg = Tcl_NewStringObj("no SMTP server to try: -servers is empty",
+		-1);
+    } else {
+	msg = Tcl_NewStringObj("no SMTP server could be used: ", -1);
+	for (i = 0; i < n; i++) {
+	    Tcl_Obj **f;
+	    Tcl_Size nf;
+
+	    Tcl_ListObjGetElements(NULL, entries[i], &nf, &f);
+	    Tcl_AppendPrintfToObj(msg, "%s%s port %s (%s)", i ? "; " : "",
+		    Tcl_GetString(f[0]), Tcl_GetString(f[1]),
+		    Tcl_GetString(f[3]));
+	    last = entries[i];
+	}
+    }
+    ec = Tcl_NewListObj(0, NULL);
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj("SMTP", -1));
+    if (last) {
+	Tcl_Obj **f;
+	Tcl_Size nf;
+
+	Tcl_ListObjGetElements(NULL, last, &nf, &f);
+	Tcl_ListObjAppendElement(NULL, ec, f[2]);
+    } else {
+	Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj("CONNECT", -1));
+    }
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewObj());
+    Tcl_ListObjAppendElement(NULL, ec, Tcl_NewObj());
+    Tcl_ListObjAppendElement(NULL, ec, msg);
+    SetObj(&s->errCode, ec);
+    SetObj(&s->errMsg, msg);
+    s->state = ST_DONE;
+    s->code = TCL_ERROR;
+    s->finished = 1;
+}
+
+static void
+TryNextServer(
+    SmtpSession *s)
+{
+    while (s->serverIdx < s->nservers) {
+	int i = s->serverIdx++;
+	int port = 25;
+	const char *host = Tcl_GetString(s->servers[i]);
+
+	if (*host == '\0') {
+	    continue;
+	}
+	if (i < s->nports && Tcl_GetString(s->ports[i])[0] != '\0') {
+	    Tcl_GetIntFromObj(NULL, s->ports[i], &port);
+	}
+	SetObj(&s->host, s->servers[i]);
+	s->port = port;
+	SetObj(&s->caps, NULL);
+	if (s->opts->debug) {
+	    Debug(s, Tcl_ObjPrintf("Trying %s...", host));
+	}
+	s->conn = SmtpConnOpen(s->interp, host, port, &sessionEvents, s);
+	if (s->conn == NULL) {
+	    Tcl_Obj *why = Tcl_GetObjResult(s->interp);
+
+	    Tcl_IncrRefCount(why);
+	    Tcl_ResetResult(s->interp);
+	    ServerFailed(s, "CONNECT", why);
+	    Tcl_DecrRefCount(why);
+	    return;
+	}
+	s->state = ST_CONNECTING;
+	SmtpConnSetTimeout(s->conn, WAIT_GREETING);
+	return;
+    }
+    NoServer(s);
+}
+
+/*
+ * Mail transactions.
+ */
+
+static void
+StartTransaction(
+    SmtpSession *s)
+{
+    SmtpMessage *m = &s->msgs[s->cur];
+    Tcl_Obj *cmd = Tcl_ObjPrintf("MAIL FROM:<%s>", Tcl_GetString(m->sender));
+
+    if (SmtpHasExtension(s->caps, "SIZE", NULL)) {
+	Tcl_AppendPrintfToObj(cmd, " SIZE=%" TCL_LL_MODIFIER "d",
+		(long long) m->size);
+    }
+    if (Tcl_ListObjLength(NULL, m->recipients, &s->nrcpts) != TCL_OK) {
+	s->nrcpts = 0;
+    }
+    s->rcptIdx = 0;
+    s->good = s->bad = 0;
+    SetObj(&s->txRefused, Tcl_NewListObj(0, NULL));
+    SendObj(s, ST_MAIL, WAIT_MAIL, cmd);
+}
+
+static void
+SendRcpt(
+    SmtpSession *s)
+{
+    Tcl_Obj *rcpt;
+
+    Tcl_ListObjIndex(NULL, s->msgs[s->cur].recipients, s->rcptIdx, &rcpt);
+    SendObj(s, ST_RCPT, WAIT_RCPT,
+	    Tcl_ObjPrintf("RCPT TO:<%s>", Tcl_GetString(rcpt)));
+}
+
+/*
+ * After the last RCPT: send the message, or reset when tcllib's rule says
+ * it must not go (no recipient accepted, or one refused without
+ * -atleastone).
+ */
+
+static void
+AfterRecipients(
+    SmtpSession *s)
+{
+    if (s->good && (!s->bad || s->opts->atleastone)) {
+	Send(s, ST_DATA, WAIT_DATA, "DATA", 4);
+    } else {
+	Send(s, ST_RSET, WAIT_RSET, "RSET", 4);
+    }
+}
+
+static void
+EndTransaction(
+    SmtpSession *s)
+{
+    Tcl_ListObjAppendList(NULL, s->refused, s->txRefused);
+    SetObj(&s->txRefused, NULL);
+    if (++s->cur < s->nmsgs) {
+	StartTransaction(s);
+    } else {
+	Send(s, ST_QUIT, WAIT_QUIT, "QUIT", 4);
+    }
+}
+
+/*
+ * Writes the message body, encoded for DATA, as fast as the socket takes
+ * it without holding more than a chunk or two in memory.
+ */
+
+static void
+PumpBody(
+    SmtpSession *s)
+{
+    while (s->bodyPos < s->bodyLen
+	    && SmtpConnPending(s->conn) < BODY_CHUNK) {
+	Tcl_Size n = s->bodyLen - s->bodyPos;
+
+	if (n > BODY_CHUNK) {
+	    n = BODY_CHUNK;
+	}
+	s->out.pos = s->out.len = 0;
+	SmtpDataEncode(&s->enc, s->body + s->bodyPos, (size_t) n, &s->out);
+	s->bodyPos += n;
+	SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
+	if (SmtpConnFlush(s->conn) != TCL_OK) {
+	    OnClosed(s, SmtpConnError(s->conn));
+	    return;
+	}
+    }
+    if (s->bodyPos < s->bodyLen) {
+	SmtpConnSetTimeout(s->conn, WAIT_BODY);
+	SmtpConnWantWritable(s->conn, 1);
+	return;
+    }
+    SmtpConnWantWritable(s->conn, 0);
+    s->out.pos = s->out.len = 0;
+    SmtpDataFinish(&s->enc, &s->out);
+    SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
+    SmtpBufFree(&s->out);
+    Tcl_DStringFree(&s->bodyScratch);
+    s->body = NULL;
+    {
+	int secs = s->opts->maxsecs > WAIT_MAX ? WAIT_MAX : s->opts->maxsecs;
+
+	if (s->opts->debug) {
+	    Debug(s, Tcl_ObjPrintf("--> . (wait upto %d seconds)", secs));
+	}
+	s->state = ST_DOT;
+	SmtpConnSetTimeout(s->conn, secs);
+    }
+    if (SmtpConnFlush(s->conn) != TCL_OK) {
+	OnClosed(s, SmtpConnError(s->conn));
+    }
+}
+
+static void
+StartBody(
+    SmtpSession *s)
+{
+    SmtpMessage *m = &s->msgs[s->cur];
+
+    s->state = ST_BODY;
+    s->body = SmtpGetBytes(m->body, &s->bodyLen, &s->bodyScratch);
+    s->bodyPos = 0;
+    SmtpDataInit(&s->enc);
+    PumpBody(s);
+}
+
+/*
+ * Whether to follow EHLO with ONEX / QUED, as tcllib does.
+ */
+
+static void
+AfterHello(
+    SmtpSession *s)
+{
+    if (s->state == ST_EHLO || s->state == ST_HELO) {
+	if (!s->opts->multiple && SmtpHasExtension(s->caps, "ONEX", NULL)) {
+	    Send(s, ST_ONEX, WAIT_EHLO, "ONEX", 4);
+	    return;
+	}
+    }
+    if (s->state != ST_QUED && s->opts->queue
+	    && SmtpHasExtension(s->caps, "XQUE", NULL)) {
+	Send(s, ST_QUED, WAIT_EHLO, "QUED", 4);
+	return;
+    }
+    if (s->opts->username && Tcl_GetCharLength(s->opts->username) > 0
+	    && s->opts->debug) {
+	Debug(s, Tcl_NewStringObj(
+		"    ... credentials given, but this release does not"
+		" authenticate ...", -1));
+    }
+    s->cur = 0;
+    StartTransaction(s);
+}
+
+/*
+ * One complete reply from the server, in the current state.
+ */
+
+static void
+OnReply(
+    SmtpSession *s,
+    SmtpReply *r)
+{
+    switch (s->state) {
+    case ST_GREETING:
+	if (r->code == 220) {
+	    SendObj(s, ST_EHLO, WAIT_EHLO, Tcl_ObjPrintf("EHLO %s",
+		    Tcl_GetString(s->opts->client)));
+	} else {
+	    ServerFailed(s, "GREETING", Tcl_ObjPrintf("greeting: %d %s",
+		    r->code, Tcl_GetString(SmtpReplyDiagnostic(r))));
+	}
+	break;
+    case ST_EHLO:
+	if (r->code == 250) {
+	    SetObj(&s->caps, r->lines);
+	    AfterHello(s);
+	} else if (r->code >= 500 && r->code <= 599) {
+	    SendObj(s, ST_HELO, WAIT_EHLO, Tcl_ObjPrintf("HELO %s",
+		    Tcl_GetString(s->opts->client)));
+	} else {
+	    ServerFailed(s, "EHLO", Tcl_ObjPrintf("EHLO: %d %s", r->code,
+		    Tcl_GetString(SmtpReplyDiagnostic(r))));
+	}
+	break;
+    case ST_HELO:
+	if (r->code == 250) {
+	    SetObj(&s->caps, Tcl_NewListObj(0, NULL));
+	    AfterHello(s);
+	} else {
+	    ServerFailed(s, "EHLO", Tcl_ObjPrintf("HELO: %d %s", r->code,
+		    Tcl_GetString(SmtpReplyDiagnostic(r))));
+	}
+	break;
+    case ST_ONEX:
+    case ST_QUED:
+	AfterHello(s);
+	break;
+    case ST_MAIL:
+	if (r->code == 250) {
+	    if (s->nrcpts > 0) {
+		SendRcpt(s);
+	    } else {
+		AfterRecipients(s);
+	    }
+	} else {
+	    FailReply(s, "MAIL", r);
+	}
+	break;
+    case ST_RCPT:
+	if (r->code == 250 || r->code == 251) {
+	    s->good++;
+	} else {
+	    Tcl_Obj *entry = Tcl_NewListObj(0, NULL), *rcpt;
+
+	    Tcl_ListObjIndex(NULL, s->msgs[s->cur].recipients, s->rcptIdx,
+		    &rcpt);
+	    Tcl_ListObjAppendElement(NULL, entry, rcpt);
+	    Tcl_ListObjAppendElement(NULL, entry, Tcl_NewIntObj(r->code));
+	    Tcl_ListObjAppendElement(NULL, entry, SmtpReplyDiagnostic(r));
+	    Tcl_ListObjAppendElement(NULL, s->txRefused, entry);
+	    s->bad++;
+	}
+	if (++s->rcptIdx < s->nrcpts) {
+	    SendRcpt(s);
+	} else {
+	    AfterRecipients(s);
+	}
+	break;
+    case ST_DATA:
+	if (r->code == 354) {
+	    StartBody(s);
+	} else {
+	    FailReply(s, "DATA", r);
+	}
+	break;
+    case ST_DOT:
+	if (r->code == 250 || r->code == 251) {
+	    EndTransaction(s);
+	} else {
+	    FailReply(s, "DATA", r);
+	}
+	break;
+    case ST_RSET:
+	EndTransaction(s);
+	break;
+    case ST_QUIT:
+	Finish(s);
+	break;
+    case ST_BODY:
+	/* A reply before the message has been written is a refusal. */
+	FailReply(s, "DATA", r);
+	break;
+    default:
+	break;
+    }
+}
+
+/*
+ * Transport events.
+ */
+
+static void
+OnConnected(
+    void *cd)
+{
+    SmtpSession *s = (SmtpSession *) cd;
+
+    s->state = ST_GREETING;
+    SmtpConnSetTimeout(s->conn, WAIT_GREETING);
+}
+
+static void
+OnBytes(
+    void *cd,
+    const unsigned char *p,
+    size_t n)
+{
+    SmtpSession *s = (SmtpSession *) cd;
+    SmtpConn *conn = s->conn;
+
+    while (n > 0 && !s->finished && s->conn == conn) {
+	SmtpReply r;
+	size_t used;
+	Tcl_Obj *err = NULL;
+	int st;
+
+	SmtpReplyInit(&r);
+	st = SmtpReplyParse(&s->parser, p, n, &used, &r, &err);
+	p += used;
+	n -= used;
+	if (st == SMTP_PARSE_MORE) {
+	    break;
+	}
+	if (st == SMTP_PARSE_ERROR) {
+	    Tcl_IncrRefCount(err);
+	    if (s->opts->debug) {
+		Debug(s, Tcl_ObjPrintf("<-- %s", Tcl_GetString(err)));
+	    }
+	    if (s->state <= ST_HELO) {
+		ServerFailed(s, "GREETING", err);
+	    } else {
+		FailLocal(s, "PROTOCOL", Tcl_GetString(err));
+	    }
+	    Tcl_DecrRefCount(err);
+	    break;
+	}
+	if (s->opts->debug) {
+	    Tcl_Size nl, i;
+	    Tcl_Obj **lines;
+
+	    Tcl_ListObjGetElements(NULL, r.raw, &nl, &lines);
+	    for (i = 0; i < nl; i++) {
+		Debug(s, Tcl_ObjPrintf("<-- %s", Tcl_GetString(lines[i])));
+	    }
+	}
+	SmtpConnSetTimeout(conn, -1);
+	OnReply(s, &r);
+	SmtpReplyClear(&r);
+    }
+}
+
+static void
+OnWritable(
+    void *cd)
+{
+    SmtpSession *s = (SmtpSession *) cd;
+
+    if (s->state == ST_BODY) {
+	PumpBody(s);
+    } else {
+	SmtpConnWantWritable(s->conn, 0);
+    }
+}
+
+static void
+OnClosed(
+    void *cd,
+    const char *why)
+{
+    SmtpSession *s = (SmtpSession *) cd;
+
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("    ... %s ...", why));
+    }
+    switch (s->state) {
+    case ST_CONNECTING:
+	ServerFailed(s, "CONNECT", Tcl_NewStringObj(why, -1));
+	break;
+    case ST_GREETING:
+	ServerFailed(s, "GREETING", Tcl_NewStringObj(why, -1));
+	break;
+    case ST_EHLO:
+    case ST_HELO:
+	ServerFailed(s, "EHLO", Tcl_NewStringObj(why, -1));
+	break;
+    case ST_QUIT:
+	Finish(s);
+	break;
+    default:
+	FailLocal(s, "EOF", why);
+	break;
+    }
+}
+
+static void
+OnTimeout(
+    void *cd)
+{
+    SmtpSession *s = (SmtpSession *) cd;
+    const char *why = "read from server timed out";
+
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("    ... %s ...", why));
+    }
+    switch (s->state) {
+    case ST_CONNECTING:
+	ServerFailed(s, "CONNECT", Tcl_NewStringObj("connect timed out", -1));
+	break;
+    case ST_GREETING:
+	ServerFailed(s, "GREETING", Tcl_NewStringObj(why, -1));
+	break;
+    case ST_EHLO:
+    case ST_HELO:
+	ServerFailed(s, "EHLO", Tcl_NewStringObj(why, -1));
+	break;
+    case ST_QUIT:
+	Finish(s);
+	break;
+    case ST_BODY:
+	FailLocal(s, "TIMEOUT", "write to server timed out");
+	break;
+    default:
+	FailLocal(s, "TIMEOUT", why);
+	break;
+    }
+}
+
+/*
+ * Runs the session to its end, keeping the event loop going meanwhile (as
+ * tcllib's vwait did). Leaves the refused recipients, or the error, in the
+ * interpreter and returns TCL_OK or TCL_ERROR.
+ */
+
+int
+SmtpSessionRun(
+    SmtpSession *s)
+{
+    TryNextServer(s);
+    while (!s->finished) {
+	Tcl_DoOneEvent(TCL_ALL_EVENTS);
+    }
+    if (s->code == TCL_OK) {
+	Tcl_SetObjResult(s->interp, s->refused);
+	return TCL_OK;
+    }
+    Tcl_SetObjResult(s->interp, s->errMsg);
+    Tcl_SetObjErrorCode(s->interp, s->errCode);
+    return TCL_ERROR;
+}

@@ -1,0 +1,184 @@
+/*
+ * smtpTest.c --
+ *
+ *	Commands in ::smtp::internal that let the test suite drive the pure
+ *	parts of the core (reply parser, DATA encoder) with byte strings. They
+ *	are not part of the package's interface.
+ */
+
+#include "smtpInt.h"
+
+/*
+ * ::smtp::internal::dataencode bytes ?chunk?
+ *
+ * Returns the DATA encoding of bytes, terminator included, feeding the
+ * encoder 'chunk' bytes at a time (default: all at once).
+ */
+
+static int
+DataEncodeObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Size len, pos = 0;
+    int chunk = 0;
+    const unsigned char *p;
+    SmtpDataEnc enc;
+    SmtpBuf out;
+    Tcl_DString scratch;
+
+    (void) clientData;
+    if (objc < 2 || objc > 3) {
+	Tcl_WrongNumArgs(interp, 1, objv, "bytes ?chunk?");
+	return TCL_ERROR;
+    }
+    if (objc == 3 && (Tcl_GetIntFromObj(interp, objv[2], &chunk) != TCL_OK
+	    || chunk < 0)) {
+	Tcl_SetObjResult(interp, Tcl_NewStringObj(
+		"chunk must be a non-negative integer", -1));
+	return TCL_ERROR;
+    }
+    p = SmtpGetBytes(objv[1], &len, &scratch);
+    if (chunk == 0) {
+	chunk = (int) (len > 0 ? len : 1);
+    }
+    SmtpDataInit(&enc);
+    SmtpBufInit(&out);
+    while (pos < len) {
+	Tcl_Size n = len - pos < chunk ? len - pos : chunk;
+
+	SmtpDataEncode(&enc, p + pos, (size_t) n, &out);
+	pos += n;
+    }
+    SmtpDataFinish(&enc, &out);
+    Tcl_SetObjResult(interp, Tcl_NewByteArrayObj(SmtpBufPtr(&out),
+	    (Tcl_Size) SmtpBufAvail(&out)));
+    SmtpBufFree(&out);
+    Tcl_DStringFree(&scratch);
+    return TCL_OK;
+}
+
+/*
+ * ::smtp::internal::datasize bytes
+ *
+ * Returns the RFC 1870 size of the message bytes.
+ */
+
+static int
+DataSizeObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Size len;
+    const unsigned char *p;
+    Tcl_DString scratch;
+
+    (void) clientData;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "bytes");
+	return TCL_ERROR;
+    }
+    p = SmtpGetBytes(objv[1], &len, &scratch);
+    Tcl_SetObjResult(interp, Tcl_NewWideIntObj(SmtpDataSize(p,
+	    (size_t) len)));
+    Tcl_DStringFree(&scratch);
+    return TCL_OK;
+}
+
+/*
+ * ::smtp::internal::replyparse bytes ?chunk?
+ *
+ * Parses server output fed 'chunk' bytes at a time. Returns a list with
+ * one element per complete reply, {code enhanced text lines}, followed,
+ * when the input is malformed, by {error message}.
+ */
+
+static int
+ReplyParseObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Size len, pos = 0;
+    int chunk = 0;
+    const unsigned char *p;
+    SmtpReplyParser parser;
+    Tcl_Obj *result = Tcl_NewListObj(0, NULL);
+    Tcl_DString scratch;
+
+    (void) clientData;
+    if (objc < 2 || objc > 3) {
+	Tcl_WrongNumArgs(interp, 1, objv, "bytes ?chunk?");
+	return TCL_ERROR;
+    }
+    if (objc == 3 && (Tcl_GetIntFromObj(interp, objv[2], &chunk) != TCL_OK
+	    || chunk < 0)) {
+	Tcl_SetObjResult(interp, Tcl_NewStringObj(
+		"chunk must be a non-negative integer", -1));
+	return TCL_ERROR;
+    }
+    p = SmtpGetBytes(objv[1], &len, &scratch);
+    if (chunk == 0) {
+	chunk = (int) (len > 0 ? len : 1);
+    }
+    SmtpReplyParserInit(&parser);
+    while (pos < len) {
+	Tcl_Size n = len - pos < chunk ? len - pos : chunk;
+	size_t used = 0, off = 0;
+
+	while (off < (size_t) n) {
+	    SmtpReply r;
+	    Tcl_Obj *err = NULL, *e;
+	    int st;
+
+	    SmtpReplyInit(&r);
+	    st = SmtpReplyParse(&parser, p + pos + off, (size_t) n - off,
+		    &used, &r, &err);
+	    off += used;
+	    if (st == SMTP_PARSE_ERROR) {
+		e = Tcl_NewListObj(0, NULL);
+		Tcl_ListObjAppendElement(NULL, e, Tcl_NewStringObj("error",
+			-1));
+		Tcl_ListObjAppendElement(NULL, e, err);
+		Tcl_ListObjAppendElement(NULL, result, e);
+		SmtpReplyParserFree(&parser);
+		Tcl_DStringFree(&scratch);
+		Tcl_SetObjResult(interp, result);
+		return TCL_OK;
+	    }
+	    if (st == SMTP_PARSE_MORE) {
+		break;
+	    }
+	    e = Tcl_NewListObj(0, NULL);
+	    Tcl_ListObjAppendElement(NULL, e, Tcl_NewIntObj(r.code));
+	    Tcl_ListObjAppendElement(NULL, e,
+		    Tcl_NewStringObj(r.enhanced, -1));
+	    Tcl_ListObjAppendElement(NULL, e, r.text);
+	    Tcl_ListObjAppendElement(NULL, e, r.lines);
+	    Tcl_ListObjAppendElement(NULL, result, e);
+	    SmtpReplyClear(&r);
+	}
+	pos += n;
+    }
+    SmtpReplyParserFree(&parser);
+    Tcl_DStringFree(&scratch);
+    Tcl_SetObjResult(interp, result);
+    return TCL_OK;
+}
+
+void
+SmtpTestInit(
+    Tcl_Interp *interp)
+{
+    Tcl_CreateObjCommand(interp, "::smtp::internal::dataencode",
+	    DataEncodeObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::smtp::internal::datasize",
+	    DataSizeObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::smtp::internal::replyparse",
+	    ReplyParseObjCmd, NULL, NULL);
+}

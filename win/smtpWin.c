@@ -1,0 +1,27 @@
+/*
+ * smtpWin.c --
+ *
+ *	Windows specifics: socket options Tcl does not expose.
+ */
+
+#include "smtpInt.h"
+#include <stdint.h>
+#include <winsock2.h>
+
+/*
+ * Turns off Nagle's algorithm (see unix/smtpUnix.c). Best effort.
+ */
+
+void
+SmtpPlatformNoDelay(
+    Tcl_Channel chan)
+{
+    void *handle;
+    BOOL on = TRUE;
+
+    if (Tcl_GetChannelHandle(chan, TCL_READABLE, &handle) != TCL_OK) {
+	return;
+    }
+    (void) setsockopt((SOCKET) (intptr_t) handle, IPPROTO_TCP, TCP_NODELAY,
+	    (const char *) &on, sizeof(on));
+}
