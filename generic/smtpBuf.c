@@ -127,3 +127,76 @@ SmtpGetBytes(
     return Tcl_GetByteArrayFromObj(obj, lenPtr);
 #endif
 }
+
+/*
+ * A message source over the bytes of a Tcl value.
+ */
+
+typedef struct ObjSource {
+    Tcl_Obj *obj;
+    const unsigned char *bytes;
+    Tcl_Size len, pos;
+    Tcl_DString scratch;
+} ObjSource;
+
+static int
+ObjSourceRead(
+    void *cd,
+    SmtpBuf *out,
+    size_t want,
+    Tcl_Obj **errPtr)
+{
+    ObjSource *os = (ObjSource *) cd;
+    Tcl_Size n = os->len - os->pos;
+
+    (void) errPtr;
+    if ((size_t) n > want) {
+	n = (Tcl_Size) want;
+    }
+    SmtpBufAppend(out, os->bytes + os->pos, (size_t) n);
+    os->pos += n;
+    return os->pos >= os->len;
+}
+
+static void
+ObjSourceClose(
+    void *cd)
+{
+    ObjSource *os = (ObjSource *) cd;
+
+    Tcl_DStringFree(&os->scratch);
+    Tcl_DecrRefCount(os->obj);
+    ckfree(os);
+}
+
+void
+SmtpSourceFromObj(
+    SmtpSource *src,
+    Tcl_Obj *bytes)
+{
+    ObjSource *os = (ObjSource *) ckalloc(sizeof(ObjSource));
+
+    os->obj = bytes;
+    Tcl_IncrRefCount(bytes);
+    os->bytes = SmtpGetBytes(bytes, &os->len, &os->scratch);
+    os->pos = 0;
+    src->read = ObjSourceRead;
+    src->close = ObjSourceClose;
+    src->cd = os;
+}
+
+/*
+ * Frees a source (if any) and marks it empty.
+ */
+
+void
+SmtpSourceClose(
+    SmtpSource *src)
+{
+    if (src->close) {
+	src->close(src->cd);
+    }
+    src->read = NULL;
+    src->close = NULL;
+    src->cd = NULL;
+}

@@ -546,28 +546,36 @@ BuildBccDigest(
     return code;
 }
 
+/*
+ * Makes the message's source from the bytes mime wrote, and its size.
+ */
+
 static void
-SetMessageSize(
-    SmtpMessage *m)
+SetMessageBody(
+    SmtpMessage *m,
+    Tcl_Obj *bytes)
 {
     Tcl_Size len;
     Tcl_DString scratch;
-    const unsigned char *p = SmtpGetBytes(m->body, &len, &scratch);
+    const unsigned char *p = SmtpGetBytes(bytes, &len, &scratch);
 
     m->size = SmtpDataSize(p, (size_t) len);
     Tcl_DStringFree(&scratch);
+    SmtpSourceFromObj(&m->body, bytes);
 }
 
 enum {
     OPT_ATLEASTONE, OPT_CLIENT, OPT_DEBUG, OPT_HEADER, OPT_MAXSECS,
     OPT_ORIGINATOR, OPT_PASSWORD, OPT_PORTS, OPT_QUEUE, OPT_RECIPIENTS,
-    OPT_SERVERS, OPT_TLSIMPORT, OPT_TLSPOLICY, OPT_USETLS, OPT_USERNAME
+    OPT_SERVERS, OPT_TLSIMPORT, OPT_TLSOPTIONS, OPT_TLSPOLICY, OPT_USETLS,
+    OPT_USERNAME
 };
 
 static const char *const optionNames[] = {
     "-atleastone", "-client", "-debug", "-header", "-maxsecs",
     "-originator", "-password", "-ports", "-queue", "-recipients",
-    "-servers", "-tlsimport", "-tlspolicy", "-usetls", "-username", NULL
+    "-servers", "-tlsimport", "-tlsoptions", "-tlspolicy", "-usetls",
+    "-username", NULL
 };
 
 /*
@@ -582,6 +590,7 @@ typedef struct Call_ {
     Tcl_Obj *sender;
     Tcl_Obj *vrecipients;
     Tcl_Obj *brecipients;
+    Tcl_Obj *bodies[2];		/* The messages as mime wrote them. */
     SmtpMessage msgs[2];
     int nmsgs;
 } SendCall;
@@ -610,6 +619,7 @@ SendCallFree(
     Hold(&c->opts.ports, NULL);
     Hold(&c->opts.client, NULL);
     Hold(&c->opts.tlspolicy, NULL);
+    Hold(&c->opts.tlsoptions, NULL);
     Hold(&c->opts.username, NULL);
     Hold(&c->opts.password, NULL);
     HeadersFree(&c->h);
@@ -619,7 +629,8 @@ SendCallFree(
     Hold(&c->vrecipients, NULL);
     Hold(&c->brecipients, NULL);
     for (i = 0; i < 2; i++) {
-	Hold(&c->msgs[i].body, NULL);
+	Hold(&c->bodies[i], NULL);
+	SmtpSourceClose(&c->msgs[i].body);
     }
 }
 
@@ -711,6 +722,9 @@ ParseOptions(
 	case OPT_TLSPOLICY:
 	    Hold(&c->opts.tlspolicy, value);
 	    break;
+	case OPT_TLSOPTIONS:
+	    Hold(&c->opts.tlsoptions, value);
+	    break;
 	case OPT_MAXSECS: {
 	    int secs;
 
@@ -783,11 +797,8 @@ ParseOptions(
     if (CheckPorts(interp, c->opts.ports) != TCL_OK) {
 	return TCL_ERROR;
     }
-    if (c->opts.tlsimport) {
-	Tcl_SetObjResult(interp, Tcl_NewStringObj(
-		"-tlsimport: implicit TLS is not supported by this release",
-		-1));
-	Tcl_SetErrorCode(interp, "SMTP", "TLS", "UNSUPPORTED", NULL);
+    if ((c->opts.usetls || c->opts.tlsimport)
+	    && SmtpTlsCheckOptions(interp, c->opts.tlsoptions) != TCL_OK) {
 	return TCL_ERROR;
     }
     return TCL_OK;
@@ -1021,11 +1032,11 @@ SmtpSendmessageObjCmd(
 	SaveToken(interp, part, &c.h, &saved);
 	code = ApplyHeaders(interp, part, &c.h);
 	if (code == TCL_OK) {
-	    code = BuildMessage(interp, part, &c.msgs[0].body);
+	    code = BuildMessage(interp, part, &c.bodies[0]);
 	}
 	if (code == TCL_OK && bccP) {
 	    code = BuildBccDigest(interp, part, c.originator,
-		    Tcl_DStringValue(&bccM), &c.h, &c.msgs[1].body);
+		    Tcl_DStringValue(&bccM), &c.h, &c.bodies[1]);
 	}
 	RestoreToken(interp, part, &saved);
     }
@@ -1033,11 +1044,11 @@ SmtpSendmessageObjCmd(
 	c.nmsgs = bccP ? 2 : 1;
 	c.msgs[0].sender = c.sender;
 	c.msgs[0].recipients = c.vrecipients;
-	SetMessageSize(&c.msgs[0]);
+	SetMessageBody(&c.msgs[0], c.bodies[0]);
 	if (bccP) {
 	    c.msgs[1].sender = c.sender;
 	    c.msgs[1].recipients = c.brecipients;
-	    SetMessageSize(&c.msgs[1]);
+	    SetMessageBody(&c.msgs[1], c.bodies[1]);
 	}
 	if (c.opts.client == NULL || Tcl_GetCharLength(c.opts.client) == 0) {
 	    Hold(&c.opts.client, S(strcmp(Tcl_GetString(c.opts.servers),

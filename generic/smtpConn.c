@@ -21,11 +21,16 @@ struct SmtpConn {
     int wantWrite;		/* Core asked to hear when writable. */
     int dead;			/* Closed; no more callbacks. */
     Tcl_TimerToken timer;
+    SmtpTls *tls;		/* TLS filter, once started. */
+    int handshaking;		/* TLS handshake under way. */
+    SmtpBuf net;		/* Ciphertext on its way out. */
+    SmtpBuf plain;		/* Plaintext decrypted from the server. */
     char err[200];
 };
 
 static void	ChannelProc(void *cd, int mask);
 static void	TimerProc(void *cd);
+static void	FeedTls(SmtpConn *c, const unsigned char *p, size_t n);
 
 static void
 SetMask(
@@ -126,6 +131,10 @@ ReadSome(
     char buf[65536];
     Tcl_Size n = Tcl_Read(c->chan, buf, sizeof(buf));
 
+    if (n > 0 && c->tls) {
+	FeedTls(c, (const unsigned char *) buf, (size_t) n);
+	return;
+    }
     if (n > 0) {
 	c->ev->readable(c->cd, (const unsigned char *) buf, (size_t) n);
 	return;
@@ -143,7 +152,136 @@ ReadSome(
     }
     c->dead = 1;
     SetMask(c, 0);
+    if (c->handshaking) {
+	c->handshaking = 0;
+	c->ev->tlsDone(c->cd, Tcl_ObjPrintf("TLS handshake failed: %s",
+		c->err));
+	return;
+    }
     c->ev->closed(c->cd, c->err);
+}
+
+/*
+ * Sends the ciphertext the TLS filter has produced.
+ */
+
+static void
+SendNet(
+    SmtpConn *c)
+{
+    if (SmtpBufAvail(&c->net) > 0) {
+	if (Tcl_Write(c->chan, (const char *) SmtpBufPtr(&c->net),
+		(Tcl_Size) SmtpBufAvail(&c->net)) < 0) {
+	    snprintf(c->err, sizeof(c->err), "error writing to server: %s",
+		    Tcl_ErrnoMsg(Tcl_GetErrno()));
+	}
+	c->net.pos = c->net.len = 0;
+    }
+}
+
+/*
+ * Ciphertext from the server: on through the TLS filter, and the
+ * plaintext on to the core. The end of the handshake is reported first,
+ * then any plaintext that came with it.
+ */
+
+static void
+FeedTls(
+    SmtpConn *c,
+    const unsigned char *p,
+    size_t n)
+{
+    Tcl_Obj *err = NULL;
+    int st;
+
+    c->plain.pos = c->plain.len = 0;
+    st = SmtpTlsFeed(c->tls, p, n, c->handshaking ? NULL : &c->plain,
+	    &c->net, &err);
+    SendNet(c);
+    if (Tcl_Flush(c->chan) != TCL_OK && !c->err[0]) {
+	snprintf(c->err, sizeof(c->err), "error writing to server: %s",
+		Tcl_ErrnoMsg(Tcl_GetErrno()));
+    }
+    if (st < 0) {
+	c->dead = 1;
+	SetMask(c, 0);
+	Tcl_IncrRefCount(err);
+	if (c->handshaking) {
+	    c->handshaking = 0;
+	    c->ev->tlsDone(c->cd, err);
+	} else {
+	    snprintf(c->err, sizeof(c->err), "%s", Tcl_GetString(err));
+	    c->ev->closed(c->cd, c->err);
+	}
+	Tcl_DecrRefCount(err);
+	return;
+    }
+    if (c->handshaking) {
+	if (st == 0) {
+	    return;
+	}
+	c->handshaking = 0;
+	c->ev->tlsDone(c->cd, NULL);
+	if (c->dead) {
+	    return;
+	}
+	/* Application data may have come with the end of the handshake. */
+	c->plain.pos = c->plain.len = 0;
+	st = SmtpTlsFeed(c->tls, NULL, 0, &c->plain, &c->net, &err);
+	SendNet(c);
+	if (st < 0) {
+	    c->dead = 1;
+	    SetMask(c, 0);
+	    Tcl_IncrRefCount(err);
+	    snprintf(c->err, sizeof(c->err), "%s", Tcl_GetString(err));
+	    Tcl_DecrRefCount(err);
+	    c->ev->closed(c->cd, c->err);
+	    return;
+	}
+    }
+    if (SmtpBufAvail(&c->plain) > 0) {
+	c->ev->readable(c->cd, SmtpBufPtr(&c->plain),
+		SmtpBufAvail(&c->plain));
+    }
+}
+
+/*
+ * Starts TLS on the connection (after the server's 220 to STARTTLS, or at
+ * once for implicit TLS). The 'tlsDone' callback follows. Returns TCL_OK,
+ * or TCL_ERROR with *errPtr set when TLS cannot even be set up.
+ */
+
+int
+SmtpConnStartTls(
+    SmtpConn *c,
+    struct ssl_ctx_st *ctx,
+    const char *host,
+    int verify,
+    Tcl_Obj **errPtr)
+{
+    c->tls = SmtpTlsNew(ctx, host, verify, &c->net, errPtr);
+    if (c->tls == NULL) {
+	return TCL_ERROR;
+    }
+    c->handshaking = 1;
+    SendNet(c);
+    if (Tcl_Flush(c->chan) != TCL_OK) {
+	*errPtr = Tcl_ObjPrintf("error writing to server: %s",
+		Tcl_ErrnoMsg(Tcl_GetErrno()));
+	return TCL_ERROR;
+    }
+    return TCL_OK;
+}
+
+/*
+ * Protocol and cipher of the TLS session, or NULL without TLS.
+ */
+
+Tcl_Obj *
+SmtpConnTlsInfo(
+    SmtpConn *c)
+{
+    return c->tls ? SmtpTlsDescribe(c->tls) : NULL;
 }
 
 /*
@@ -201,6 +339,18 @@ SmtpConnWrite(
     size_t n)
 {
     if (c->dead || n == 0) {
+	return;
+    }
+    if (c->tls) {
+	Tcl_Obj *err = NULL;
+
+	if (SmtpTlsWrite(c->tls, p, n, &c->net, &err) != 0) {
+	    Tcl_IncrRefCount(err);
+	    snprintf(c->err, sizeof(c->err), "%s", Tcl_GetString(err));
+	    Tcl_DecrRefCount(err);
+	    return;
+	}
+	SendNet(c);
 	return;
     }
     if (Tcl_Write(c->chan, (const char *) p, (Tcl_Size) n) < 0) {
@@ -303,6 +453,16 @@ SmtpConnClose(
 	Tcl_DeleteTimerHandler(c->timer);
 	c->timer = NULL;
     }
+    if (c->tls) {
+	if (!c->dead && !c->handshaking) {
+	    SmtpTlsShutdown(c->tls, &c->net);
+	    SendNet(c);
+	}
+	SmtpTlsFree(c->tls);
+	c->tls = NULL;
+    }
+    SmtpBufFree(&c->net);
+    SmtpBufFree(&c->plain);
     c->dead = 1;
     Tcl_Close(NULL, c->chan);
     Tcl_EventuallyFree(c, TCL_DYNAMIC);

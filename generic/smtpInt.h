@@ -116,10 +116,30 @@ const unsigned char *SmtpGetBytes(Tcl_Obj *obj, Tcl_Size *lenPtr,
  * events by the transport.
  */
 
+/*
+ * Where a message's bytes come from: pulled a block at a time while DATA
+ * is written, so a message need not be held whole in memory.
+ */
+
+typedef struct SmtpSource {
+    /*
+     * Appends about 'want' more bytes of the message to 'out'. Returns 1
+     * when the message is complete, 0 when more follows, -1 on error with
+     * *errPtr set (a new object).
+     */
+    int (*read)(void *cd, SmtpBuf *out, size_t want, Tcl_Obj **errPtr);
+    void (*close)(void *cd);	/* Frees cd. */
+    void *cd;
+} SmtpSource;
+
+void		SmtpSourceFromObj(SmtpSource *src, Tcl_Obj *bytes);
+void		SmtpSourceClose(SmtpSource *src);
+
 typedef struct SmtpMessage {
     Tcl_Obj *sender;		/* Envelope sender (may be empty). */
     Tcl_Obj *recipients;	/* List of envelope recipients. */
-    Tcl_Obj *body;		/* Message bytes as the mime package wrote. */
+    SmtpSource body;		/* The message, as the mime package means
+				 * it. Owned by the message. */
     Tcl_WideInt size;		/* Octets as carried by DATA (RFC 1870). */
 } SmtpMessage;
 
@@ -135,12 +155,14 @@ typedef struct SmtpOptions {
     int usetls;
     int tlsimport;
     Tcl_Obj *tlspolicy;
+    Tcl_Obj *tlsoptions;	/* In the tls package's syntax. */
     Tcl_Obj *username;
     Tcl_Obj *password;
 } SmtpOptions;
 
 typedef enum SmtpState {
-    ST_IDLE, ST_CONNECTING, ST_GREETING, ST_EHLO, ST_HELO, ST_ONEX,
+    ST_IDLE, ST_CONNECTING, ST_TLS, ST_GREETING, ST_EHLO, ST_HELO,
+    ST_STARTTLS, ST_ONEX,
     ST_QUED, ST_MAIL, ST_RCPT, ST_DATA, ST_BODY, ST_DOT, ST_RSET, ST_QUIT,
     ST_DONE
 } SmtpState;
@@ -164,7 +186,11 @@ typedef struct SmtpConnEvents {
     void (*writable)(void *cd);
     void (*closed)(void *cd, const char *why);
     void (*timeout)(void *cd);
+    /* The TLS handshake has ended: err is NULL on success. */
+    void (*tlsDone)(void *cd, Tcl_Obj *err);
 } SmtpConnEvents;
+
+struct ssl_ctx_st;
 
 SmtpConn *	SmtpConnOpen(Tcl_Interp *interp, const char *host, int port,
 		    const SmtpConnEvents *ev, void *cd);
@@ -175,6 +201,30 @@ void		SmtpConnWantWritable(SmtpConn *c, int on);
 void		SmtpConnSetTimeout(SmtpConn *c, int secs);
 const char *	SmtpConnError(SmtpConn *c);
 void		SmtpConnClose(SmtpConn *c);
+int		SmtpConnStartTls(SmtpConn *c, struct ssl_ctx_st *ctx,
+		    const char *host, int verify, Tcl_Obj **errPtr);
+Tcl_Obj *	SmtpConnTlsInfo(SmtpConn *c);
+
+/*
+ * smtpTls.c: the TLS context from -tlsoptions, and a TLS filter over
+ * memory buffers.
+ */
+
+typedef struct SmtpTls SmtpTls;
+
+struct ssl_ctx_st *SmtpTlsContext(Tcl_Interp *interp, Tcl_Obj *tlsoptions,
+		    int debug, int *requirePtr, Tcl_Obj **servernamePtr);
+void		SmtpTlsContextFree(struct ssl_ctx_st *ctx);
+int		SmtpTlsCheckOptions(Tcl_Interp *interp, Tcl_Obj *tlsoptions);
+SmtpTls *	SmtpTlsNew(struct ssl_ctx_st *ctx, const char *host,
+		    int verify, SmtpBuf *net, Tcl_Obj **errPtr);
+int		SmtpTlsFeed(SmtpTls *t, const unsigned char *in, size_t n,
+		    SmtpBuf *plain, SmtpBuf *net, Tcl_Obj **errPtr);
+int		SmtpTlsWrite(SmtpTls *t, const void *p, size_t n,
+		    SmtpBuf *net, Tcl_Obj **errPtr);
+void		SmtpTlsShutdown(SmtpTls *t, SmtpBuf *net);
+Tcl_Obj *	SmtpTlsDescribe(SmtpTls *t);
+void		SmtpTlsFree(SmtpTls *t);
 
 /*
  * Platform (unix/, win/).
@@ -193,5 +243,61 @@ Tcl_ObjCmdProc	SmtpSendmessageObjCmd;
  */
 
 void		SmtpTestInit(Tcl_Interp *interp);
+
+/*
+ * smtpSasl.c: SASL mechanisms for AUTH, client side. Pure step functions:
+ * the caller sends "AUTH mech [initial]", base64-decodes each 334 text and
+ * hands it to SmtpSaslStep, base64-encodes what comes back, and calls
+ * SmtpSaslFinish on 235. Nothing here touches a socket or an interpreter.
+ * Credentials are NUL-terminated UTF-8; they never appear in messages.
+ */
+
+typedef struct SmtpSaslCreds {
+    const char *username;	/* Authentication identity. */
+    const char *password;
+    const char *authzid;	/* Authorization identity, or NULL. */
+    const char *oauthToken;	/* Bearer token for OAUTHBEARER, XOAUTH2. */
+    const char *service;	/* For DIGEST-MD5's digest-uri; NULL means
+				 * "smtp". */
+    const char *host;		/* Server's host name (DIGEST-MD5). */
+    const char *realm;		/* DIGEST-MD5 realm; NTLM domain. NULL:
+				 * the server's. */
+    const char *workstation;	/* NTLM workstation name, or NULL. */
+    /* Test hooks; NULL in real use. */
+    const char *cnonce;		/* Fixed client nonce (SCRAM, DIGEST-MD5);
+				 * for NTLM 16 hex digits of the client
+				 * challenge. */
+    const char *timestamp;	/* NTLM: FILETIME in decimal to use when the
+				 * server sends none. */
+} SmtpSaslCreds;
+
+typedef struct SmtpSasl SmtpSasl;
+
+const char *const *SmtpSaslMechanisms(void);
+SmtpSasl *	SmtpSaslNew(const char *mech, const SmtpSaslCreds *c,
+		    Tcl_Obj **errPtr);
+int		SmtpSaslStart(SmtpSasl *s, SmtpBuf *initial, int *hasInitial,
+		    Tcl_Obj **errPtr);
+int		SmtpSaslStep(SmtpSasl *s, const unsigned char *challenge,
+		    size_t len, SmtpBuf *response, Tcl_Obj **errPtr);
+int		SmtpSaslFinish(SmtpSasl *s, const unsigned char *data,
+		    size_t len, Tcl_Obj **errPtr);
+void		SmtpSaslFree(SmtpSasl *s);
+void		SmtpSaslBufWipe(SmtpBuf *b);
+void		SmtpBase64Encode(const unsigned char *p, size_t n,
+		    SmtpBuf *out);
+int		SmtpBase64Decode(const char *p, size_t n, SmtpBuf *out);
+void		SmtpSaslTestInit(Tcl_Interp *interp);
+
+/*
+ * smtpMime.c: the message writer. A mime token becomes a source of the
+ * message's bytes (CRLF line ends, exact size), planned and snapshotted
+ * when made; file content is streamed.
+ */
+
+int		SmtpMimeWriter(Tcl_Interp *interp, Tcl_Obj *token,
+		    SmtpSource *src, Tcl_WideInt *sizePtr, Tcl_Obj **whyPtr);
+int		SmtpMimeMessage(Tcl_Interp *interp, Tcl_Obj *token, int debug,
+		    SmtpSource *src, Tcl_WideInt *sizePtr);
 
 #endif /* SMTPINT_H */

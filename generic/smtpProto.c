@@ -47,17 +47,23 @@ struct SmtpSession {
     Tcl_Obj *tried;		/* Why each server tried failed. */
     Tcl_Obj *caps;		/* EHLO capability lines. */
 
+    struct ssl_ctx_st *ctx;	/* TLS context, made when first needed. */
+    int verify;			/* Verify the server (-require). */
+    Tcl_Obj *servername;	/* -servername, or NULL for the host. */
+    int tlsActive;		/* This connection is encrypted. */
+    int clearOnly;		/* Policy said insecure after a failed
+				 * handshake: reconnect without TLS. */
+
     int rcptIdx;		/* Next recipient of the transaction. */
     Tcl_Size nrcpts;
     int good, bad;
     Tcl_Obj *refused;		/* Result: refused recipients. */
     Tcl_Obj *txRefused;		/* Refused in this transaction. */
 
-    const unsigned char *body;	/* Message bytes being written. */
-    Tcl_Size bodyLen, bodyPos;
-    Tcl_DString bodyScratch;
+    int bodyDone;		/* The source has given its last byte. */
     SmtpDataEnc enc;
-    SmtpBuf out;
+    SmtpBuf raw;		/* Message bytes from the source. */
+    SmtpBuf out;		/* The same, encoded for DATA. */
 
     int finished;
     int code;			/* TCL_OK or TCL_ERROR when finished. */
@@ -70,13 +76,18 @@ static void	OnBytes(void *cd, const unsigned char *p, size_t n);
 static void	OnWritable(void *cd);
 static void	OnClosed(void *cd, const char *why);
 static void	OnTimeout(void *cd);
+static void	OnTlsDone(void *cd, Tcl_Obj *err);
 
 static const SmtpConnEvents sessionEvents = {
-    OnConnected, OnBytes, OnWritable, OnClosed, OnTimeout
+    OnConnected, OnBytes, OnWritable, OnClosed, OnTimeout, OnTlsDone
 };
 
 static void	TryNextServer(SmtpSession *s);
 static void	StartTransaction(SmtpSession *s);
+static void	StartTls(SmtpSession *s);
+static void	TlsRefused(SmtpSession *s, int code, Tcl_Obj *text,
+		    Tcl_Obj *why, int handshake);
+static void	AfterHello(SmtpSession *s);
 
 /*
  * Writes a line of the dialogue to stderr when -debug is on.
@@ -115,8 +126,8 @@ SmtpSessionNew(
     s->nmsgs = nmsgs;
     s->state = ST_IDLE;
     SmtpReplyParserInit(&s->parser);
+    SmtpBufInit(&s->raw);
     SmtpBufInit(&s->out);
-    Tcl_DStringInit(&s->bodyScratch);
     s->tried = Tcl_NewListObj(0, NULL);
     Tcl_IncrRefCount(s->tried);
     s->refused = Tcl_NewListObj(0, NULL);
@@ -164,8 +175,8 @@ SmtpSessionFree(
 {
     CloseConn(s);
     SmtpReplyParserFree(&s->parser);
+    SmtpBufFree(&s->raw);
     SmtpBufFree(&s->out);
-    Tcl_DStringFree(&s->bodyScratch);
     SetObj(&s->tried, NULL);
     SetObj(&s->refused, NULL);
     SetObj(&s->txRefused, NULL);
@@ -173,6 +184,7 @@ SmtpSessionFree(
     SetObj(&s->host, NULL);
     SetObj(&s->errMsg, NULL);
     SetObj(&s->errCode, NULL);
+    SmtpTlsContextFree(s->ctx);
     ckfree(s);
 }
 
@@ -224,9 +236,10 @@ FailReply(
 }
 
 /*
- * Ends the session with an error that has no server reply: the connection
- * lost or timed out. The message keeps tcllib's form, where such failures
- * carry the pseudo-code 400.
+ * Ends the session with an error that has no server reply. For a lost
+ * connection or a timeout the message keeps tcllib's form, where such
+ * failures carry the pseudo-code 400; other local failures (TLS set-up,
+ * a message that cannot be read) say just what happened.
  */
 
 static void
@@ -236,6 +249,7 @@ FailLocal(
     const char *text)
 {
     Tcl_Obj *ec = Tcl_NewListObj(0, NULL);
+    int pseudo = strcmp(stage, "EOF") == 0 || strcmp(stage, "TIMEOUT") == 0;
 
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj("SMTP", -1));
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(stage, -1));
@@ -243,7 +257,8 @@ FailLocal(
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewObj());
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(text, -1));
     SetObj(&s->errCode, ec);
-    SetObj(&s->errMsg, Tcl_ObjPrintf("400: %s", text));
+    SetObj(&s->errMsg, pseudo ? Tcl_ObjPrintf("400: %s", text)
+	    : Tcl_NewStringObj(text, -1));
     CloseConn(s);
     s->state = ST_DONE;
     s->code = TCL_ERROR;
@@ -318,6 +333,7 @@ ServerFailed(
 	Debug(s, Tcl_ObjPrintf("    ... %s ...", Tcl_GetString(why)));
     }
     CloseConn(s);
+    s->clearOnly = 0;
     TryNextServer(s);
 }
 
@@ -374,6 +390,11 @@ static void
 TryNextServer(
     SmtpSession *s)
 {
+    s->tlsActive = 0;
+    if (s->clearOnly) {
+	/* Once more to the same server, in the clear. */
+	s->serverIdx--;
+    }
     while (s->serverIdx < s->nservers) {
 	int i = s->serverIdx++;
 	int port = 25;
@@ -474,42 +495,56 @@ EndTransaction(
 }
 
 /*
- * Writes the message body, encoded for DATA, as fast as the socket takes
- * it without holding more than a chunk or two in memory.
+ * Writes the message, pulled from its source and encoded for DATA, as fast
+ * as the socket takes it without holding more than a chunk or two in
+ * memory.
  */
 
 static void
 PumpBody(
     SmtpSession *s)
 {
-    while (s->bodyPos < s->bodyLen
-	    && SmtpConnPending(s->conn) < BODY_CHUNK) {
-	Tcl_Size n = s->bodyLen - s->bodyPos;
+    SmtpSource *src = &s->msgs[s->cur].body;
 
-	if (n > BODY_CHUNK) {
-	    n = BODY_CHUNK;
+    while (!s->bodyDone && SmtpConnPending(s->conn) < BODY_CHUNK) {
+	Tcl_Obj *err = NULL;
+	int st;
+
+	s->raw.pos = s->raw.len = 0;
+	st = src->read(src->cd, &s->raw, BODY_CHUNK, &err);
+	if (st < 0) {
+	    /*
+	     * The message cannot be completed. Without the final dot the
+	     * server discards what it has, so the connection is dropped
+	     * rather than a truncated message delivered.
+	     */
+
+	    Tcl_IncrRefCount(err);
+	    FailLocal(s, "MESSAGE", Tcl_GetString(err));
+	    Tcl_DecrRefCount(err);
+	    return;
 	}
+	s->bodyDone = st;
 	s->out.pos = s->out.len = 0;
-	SmtpDataEncode(&s->enc, s->body + s->bodyPos, (size_t) n, &s->out);
-	s->bodyPos += n;
+	SmtpDataEncode(&s->enc, SmtpBufPtr(&s->raw), SmtpBufAvail(&s->raw),
+		&s->out);
+	if (s->bodyDone) {
+	    SmtpDataFinish(&s->enc, &s->out);
+	}
 	SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
 	if (SmtpConnFlush(s->conn) != TCL_OK) {
 	    OnClosed(s, SmtpConnError(s->conn));
 	    return;
 	}
     }
-    if (s->bodyPos < s->bodyLen) {
+    if (!s->bodyDone) {
 	SmtpConnSetTimeout(s->conn, WAIT_BODY);
 	SmtpConnWantWritable(s->conn, 1);
 	return;
     }
     SmtpConnWantWritable(s->conn, 0);
-    s->out.pos = s->out.len = 0;
-    SmtpDataFinish(&s->enc, &s->out);
-    SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
+    SmtpBufFree(&s->raw);
     SmtpBufFree(&s->out);
-    Tcl_DStringFree(&s->bodyScratch);
-    s->body = NULL;
     {
 	int secs = s->opts->maxsecs > WAIT_MAX ? WAIT_MAX : s->opts->maxsecs;
 
@@ -519,22 +554,137 @@ PumpBody(
 	s->state = ST_DOT;
 	SmtpConnSetTimeout(s->conn, secs);
     }
-    if (SmtpConnFlush(s->conn) != TCL_OK) {
-	OnClosed(s, SmtpConnError(s->conn));
-    }
 }
 
 static void
 StartBody(
     SmtpSession *s)
 {
-    SmtpMessage *m = &s->msgs[s->cur];
-
     s->state = ST_BODY;
-    s->body = SmtpGetBytes(m->body, &s->bodyLen, &s->bodyScratch);
-    s->bodyPos = 0;
+    s->bodyDone = 0;
     SmtpDataInit(&s->enc);
     PumpBody(s);
+}
+
+/*
+ * Starts the TLS handshake on the current connection.
+ */
+
+static void
+StartTls(
+    SmtpSession *s)
+{
+    Tcl_Obj *err = NULL;
+    const char *name;
+
+    if (s->ctx == NULL) {
+	Tcl_Obj *servername = NULL;
+
+	s->ctx = SmtpTlsContext(s->interp, s->opts->tlsoptions,
+		s->opts->debug, &s->verify, &servername);
+	if (s->ctx == NULL) {
+	    /* A configuration error: no server would do better. */
+	    Tcl_Obj *msg = Tcl_GetObjResult(s->interp);
+
+	    Tcl_IncrRefCount(msg);
+	    Tcl_ResetResult(s->interp);
+	    FailLocal(s, "TLS", Tcl_GetString(msg));
+	    Tcl_DecrRefCount(msg);
+	    return;
+	}
+	SetObj(&s->servername, servername);
+	if (!s->verify && s->opts->debug) {
+	    Debug(s, Tcl_NewStringObj("    ... TLS certificate verification"
+		    " is off (-tlsoptions -require 0) ...", -1));
+	}
+    }
+    name = Tcl_GetString(s->servername ? s->servername : s->host);
+    s->state = ST_TLS;
+    SmtpConnSetTimeout(s->conn, WAIT_EHLO);
+    if (SmtpConnStartTls(s->conn, s->ctx, name, s->verify, &err)
+	    != TCL_OK) {
+	Tcl_Obj *why;
+
+	Tcl_IncrRefCount(err);
+	why = Tcl_ObjPrintf("TLS with %s failed: %s",
+		Tcl_GetString(s->host), Tcl_GetString(err));
+	Tcl_DecrRefCount(err);
+	Tcl_IncrRefCount(why);
+	TlsRefused(s, 454, why, why, 1);
+	Tcl_DecrRefCount(why);
+    }
+}
+
+/*
+ * Asks -tlspolicy what to do now that TLS cannot be had: returns 1 for
+ * insecure (go on without TLS), 0 for secure. Without a policy, a refused
+ * STARTTLS is insecure (as in tcllib) and a failed handshake secure.
+ */
+
+static int
+AskPolicy(
+    SmtpSession *s,
+    int code,
+    Tcl_Obj *text,
+    int handshake)
+{
+    Tcl_Obj *cmd;
+    int insecure;
+
+    if (s->opts->tlspolicy == NULL
+	    || Tcl_GetCharLength(s->opts->tlspolicy) == 0) {
+	return !handshake;
+    }
+    cmd = Tcl_DuplicateObj(s->opts->tlspolicy);
+    Tcl_IncrRefCount(cmd);
+    if (Tcl_ListObjAppendElement(s->interp, cmd, Tcl_NewIntObj(code))
+	    != TCL_OK
+	    || Tcl_ListObjAppendElement(s->interp, cmd, text) != TCL_OK) {
+	Tcl_DecrRefCount(cmd);
+	Tcl_ResetResult(s->interp);
+	return 0;
+    }
+    insecure = Tcl_EvalObjEx(s->interp, cmd, TCL_EVAL_GLOBAL) == TCL_OK
+	    && strcmp(Tcl_GetStringResult(s->interp), "insecure") == 0;
+    Tcl_DecrRefCount(cmd);
+    Tcl_ResetResult(s->interp);
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("    ... -tlspolicy says %s ...",
+		insecure ? "insecure" : "secure"));
+    }
+    return insecure;
+}
+
+/*
+ * TLS could not be set up on this server: STARTTLS refused (handshake 0)
+ * or the handshake failed. The policy decides between going on in the
+ * clear and the next server.
+ */
+
+static void
+TlsRefused(
+    SmtpSession *s,
+    int code,
+    Tcl_Obj *text,		/* For the policy command. */
+    Tcl_Obj *why,		/* For the error. */
+    int handshake)
+{
+    if (!AskPolicy(s, code, text, handshake)) {
+	ServerFailed(s, "TLS", why);
+	return;
+    }
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("    ... %s: going on without TLS ...",
+		Tcl_GetString(why)));
+    }
+    if (!handshake) {
+	AfterHello(s);
+	return;
+    }
+    /* A failed handshake leaves the connection unusable: reconnect. */
+    CloseConn(s);
+    s->clearOnly = 1;
+    TryNextServer(s);
 }
 
 /*
@@ -545,7 +695,8 @@ static void
 AfterHello(
     SmtpSession *s)
 {
-    if (s->state == ST_EHLO || s->state == ST_HELO) {
+    if (s->state == ST_EHLO || s->state == ST_HELO
+	    || s->state == ST_STARTTLS) {
 	if (!s->opts->multiple && SmtpHasExtension(s->caps, "ONEX", NULL)) {
 	    Send(s, ST_ONEX, WAIT_EHLO, "ONEX", 4);
 	    return;
@@ -588,6 +739,13 @@ OnReply(
     case ST_EHLO:
 	if (r->code == 250) {
 	    SetObj(&s->caps, r->lines);
+	    if (s->opts->usetls && !s->tlsActive && !s->clearOnly
+		    && !s->opts->tlsimport
+		    && (SmtpHasExtension(s->caps, "STARTTLS", NULL)
+			|| SmtpHasExtension(s->caps, "TLS", NULL))) {
+		Send(s, ST_STARTTLS, WAIT_EHLO, "STARTTLS", 8);
+		break;
+	    }
 	    AfterHello(s);
 	} else if (r->code >= 500 && r->code <= 599) {
 	    SendObj(s, ST_HELO, WAIT_EHLO, Tcl_ObjPrintf("HELO %s",
@@ -604,6 +762,18 @@ OnReply(
 	} else {
 	    ServerFailed(s, "EHLO", Tcl_ObjPrintf("HELO: %d %s", r->code,
 		    Tcl_GetString(SmtpReplyDiagnostic(r))));
+	}
+	break;
+    case ST_STARTTLS:
+	if (r->code == 220) {
+	    StartTls(s);
+	} else {
+	    Tcl_Obj *why = Tcl_ObjPrintf("STARTTLS refused: %d %s", r->code,
+		    Tcl_GetString(SmtpReplyDiagnostic(r)));
+
+	    Tcl_IncrRefCount(why);
+	    TlsRefused(s, r->code, SmtpReplyDiagnostic(r), why, 0);
+	    Tcl_DecrRefCount(why);
 	}
 	break;
     case ST_ONEX:
@@ -680,8 +850,54 @@ OnConnected(
 {
     SmtpSession *s = (SmtpSession *) cd;
 
+    if (s->opts->tlsimport && !s->clearOnly) {
+	StartTls(s);
+	return;
+    }
     s->state = ST_GREETING;
     SmtpConnSetTimeout(s->conn, WAIT_GREETING);
+}
+
+/*
+ * The TLS handshake has ended.
+ */
+
+static void
+OnTlsDone(
+    void *cd,
+    Tcl_Obj *err)
+{
+    SmtpSession *s = (SmtpSession *) cd;
+
+    if (err) {
+	Tcl_Obj *why = Tcl_ObjPrintf("TLS with %s failed: %s",
+		Tcl_GetString(s->host), Tcl_GetString(err));
+
+	Tcl_IncrRefCount(why);
+	TlsRefused(s, 454, why, why, 1);
+	Tcl_DecrRefCount(why);
+	return;
+    }
+    s->tlsActive = 1;
+    if (s->opts->debug) {
+	Tcl_Obj *info = SmtpConnTlsInfo(s->conn);
+
+	Tcl_IncrRefCount(info);
+	Debug(s, Tcl_ObjPrintf("    ... TLS established: %s, %s ...",
+		Tcl_GetString(info), s->verify
+		? "server certificate verified"
+		: "server certificate NOT verified (-tlsoptions -require 0)"));
+	Tcl_DecrRefCount(info);
+    }
+    if (s->opts->tlsimport) {
+	s->state = ST_GREETING;
+	SmtpConnSetTimeout(s->conn, WAIT_GREETING);
+    } else {
+	/* RFC 3207: forget what was heard before TLS; say EHLO again. */
+	SetObj(&s->caps, NULL);
+	SendObj(s, ST_EHLO, WAIT_EHLO, Tcl_ObjPrintf("EHLO %s",
+		Tcl_GetString(s->opts->client)));
+    }
 }
 
 static void
@@ -729,6 +945,18 @@ OnBytes(
 	    }
 	}
 	SmtpConnSetTimeout(conn, -1);
+	if (s->state == ST_STARTTLS && r.code == 220
+		&& (n > 0 || SmtpBufAvail(&s->parser.line) > 0)) {
+	    /*
+	     * Bytes after the 220 came before the handshake, in the clear:
+	     * someone is injecting commands (CVE-2011-0411 class).
+	     */
+
+	    SmtpReplyClear(&r);
+	    FailLocal(s, "TLS", "server sent data after its 220 reply to"
+		    " STARTTLS: plaintext injection, connection dropped");
+	    break;
+	}
 	OnReply(s, &r);
 	SmtpReplyClear(&r);
     }
@@ -768,6 +996,10 @@ OnClosed(
     case ST_HELO:
 	ServerFailed(s, "EHLO", Tcl_NewStringObj(why, -1));
 	break;
+    case ST_STARTTLS:
+    case ST_TLS:
+	ServerFailed(s, "TLS", Tcl_NewStringObj(why, -1));
+	break;
     case ST_QUIT:
 	Finish(s);
 	break;
@@ -797,6 +1029,10 @@ OnTimeout(
     case ST_EHLO:
     case ST_HELO:
 	ServerFailed(s, "EHLO", Tcl_NewStringObj(why, -1));
+	break;
+    case ST_STARTTLS:
+    case ST_TLS:
+	ServerFailed(s, "TLS", Tcl_NewStringObj(why, -1));
 	break;
     case ST_QUIT:
 	Finish(s);

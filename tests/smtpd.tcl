@@ -46,6 +46,21 @@
 #                      so readers never see a partial file.  Default none.
 #     -myaddr ADDR     Listen address (start only).  Default 127.0.0.1.
 #     -port N          Listen port (start only).  Default 0 (any free port).
+#     -tls OPTS        Server-side options for tls::import (the tcl-tls
+#                      package), e.g. {-certfile c.pem -keyfile k.pem}.
+#                      When given, EHLO offers STARTTLS and STARTTLS gets
+#                      "220 2.0.0 Ready to start TLS" (rules may change
+#                      that reply; only a 220 starts TLS).  Default {}.
+#     -implicittls B   With -tls, speak TLS from the first byte (SMTPS):
+#                      the handshake comes before the greeting.  Default 0.
+#     -tlsdelay MS     Start the server side of each TLS handshake MS
+#                      milliseconds late (after the 220 to STARTTLS has
+#                      been sent), so the client waits in its handshake.
+#
+#   smtpd::tlsinfo $srv conn          {} before/without TLS, else a dict:
+#                                     done 1, or error MSG when the
+#                                     handshake failed; after done, also
+#                                     the tls::status of the connection.
 #
 # DEFAULT BEHAVIOUR (a correct, minimal, non-checking SMTP server)
 #
@@ -167,6 +182,7 @@ namespace eval ::smtpd {
     variable waitid 0
     variable optionNames {
         -greeting -hostname -ehlo -noehlo -rules -record -myaddr -port
+        -tls -implicittls -tlsdelay
     }
     variable defaults {
         -greeting {220 localhost ESMTP smtpd.tcl}
@@ -177,6 +193,9 @@ namespace eval ::smtpd {
         -record {}
         -myaddr 127.0.0.1
         -port 0
+        -tls {}
+        -implicittls 0
+        -tlsdelay 0
     }
 }
 
@@ -695,6 +714,13 @@ proc ::smtpd::Flush {srv n} {
     }
     if {$closeNow} {
         CloseConn $srv $n server
+        return
+    }
+    if {![llength $C(outq)] && [llength $C(afterflush)]
+            && $C(mode) eq "tls"} {
+        set script $C(afterflush)
+        set C(afterflush) {}
+        uplevel #0 $script
     }
 }
 
@@ -745,15 +771,80 @@ proc ::smtpd::Accept {srv chan host port} {
         dchunks {} dtail {} dlen 0
         from {} rcpts {}
         commands {} tchunks {} reads 0 gotcmd 0 partial {}
-        closed 0 closedby {} outq {} afterid {} hang 0
+        closed 0 closedby {} outq {} afterid {} hang 0 afterflush {}
     }
     set C(chan) $chan
     set C(peer) [list $host $port]
+    set C(tlsinfo) {}
     fconfigure $chan -blocking 0 -translation binary -buffering full \
             -buffersize 65536
-    fileevent $chan readable [list ::smtpd::Readable $srv $n]
     Notify $srv
+    if {[llength $S(-tls)] && [string is true $S(-implicittls)]} {
+        StartTls $srv $n [list ::smtpd::Respond $srv $n greeting "" \
+                [ReplyLines $S(-greeting)]]
+        return
+    }
+    fileevent $chan readable [list ::smtpd::Readable $srv $n]
     Respond $srv $n greeting "" [ReplyLines $S(-greeting)]
+}
+
+# Put TLS on a connection (server side) and run the handshake from the
+# event loop; 'then' runs once it is done.
+proc ::smtpd::StartTls {srv n then} {
+    upvar #0 [SVar $srv] S
+    upvar #0 [CVar $srv $n] C
+    if {![info exists C(closed)] || $C(closed)} {
+        return
+    }
+    package require tls
+    fileevent $C(chan) readable {}
+    if {[catch {
+        tls::import $C(chan) -server 1 -command ::smtpd::TlsCallback {*}$S(-tls)
+    } err]} {
+        set C(tlsinfo) [list error $err]
+        CloseConn $srv $n server
+        return
+    }
+    fconfigure $C(chan) -blocking 0 -translation binary -buffering full
+    fileevent $C(chan) readable [list ::smtpd::Handshake $srv $n $then]
+}
+
+# tls package callback: quiet (the default one prints alerts), and
+# verification left to OpenSSL's own verdict.
+proc ::smtpd::TlsCallback {option args} {
+    if {$option eq "verify"} {
+        return [lindex $args 3]
+    }
+    return 1
+}
+
+proc ::smtpd::Handshake {srv n then} {
+    upvar #0 [CVar $srv $n] C
+    if {![info exists C(closed)] || $C(closed)} {
+        return
+    }
+    if {[catch {tls::handshake $C(chan)} done]} {
+        set C(tlsinfo) [list error $done]
+        CloseConn $srv $n client
+        return
+    }
+    if {!$done} {
+        if {[eof $C(chan)]} {
+            set C(tlsinfo) [list error "eof during handshake"]
+            CloseConn $srv $n client
+        }
+        return
+    }
+    set C(tlsinfo) [list done 1 {*}[tls::status $C(chan)]]
+    fileevent $C(chan) readable [list ::smtpd::Readable $srv $n]
+    Notify $srv
+    {*}$then
+}
+
+proc ::smtpd::tlsinfo {srv n} {
+    Check $srv
+    upvar #0 [CVar $srv $n] C
+    return $C(tlsinfo)
 }
 
 proc ::smtpd::Readable {srv n} {
@@ -889,6 +980,9 @@ proc ::smtpd::Command {srv n line} {
                 set lines [list "500 5.5.1 Command unrecognized: EHLO"]
             } else {
                 set all [list $S(-hostname) {*}$S(-ehlo)]
+                if {[llength $S(-tls)] && $C(tlsinfo) eq ""} {
+                    lappend all STARTTLS
+                }
                 set lines {}
                 set last [expr {[llength $all] - 1}]
                 for {set i 0} {$i <= $last} {incr i} {
@@ -928,6 +1022,32 @@ proc ::smtpd::Command {srv n line} {
         }
         NOOP {
             Respond $srv $n cmd $line [list "250 2.0.0 Ok"]
+        }
+        STARTTLS {
+            if {[llength $S(-tls)] && $C(tlsinfo) eq ""} {
+                # TLS starts once the 220 has been written (it may be
+                # delayed by a rule); whatever the client sent after
+                # STARTTLS in the clear is dropped, as a careful server
+                # does.
+                set C(afterflush) [list after $S(-tlsdelay) [list \
+                        ::smtpd::StartTls $srv $n \
+                        [list set [CVar $srv $n](mode) cmd]]]
+                set code [Respond $srv $n cmd $line \
+                        [list "220 2.0.0 Ready to start TLS"]]
+                if {$code eq "220" && !$C(closed)} {
+                    set C(cmdbuf) ""
+                    set C(cmdscan) 0
+                    set C(mode) tls
+                    # The ClientHello must stay unread for the handshake.
+                    fileevent $C(chan) readable {}
+                    Flush $srv $n
+                } else {
+                    set C(afterflush) {}
+                }
+            } else {
+                Respond $srv $n cmd $line \
+                        [list "502 5.5.2 Error: command not recognized"]
+            }
         }
         QUIT {
             set code [Respond $srv $n cmd $line [list "221 2.0.0 Bye"] 1]
