@@ -157,12 +157,12 @@ Call(
     Tcl_Obj **resultPtr,
     ...)
 {
-    Tcl_Obj *objv[16];
+    Tcl_Obj *objv[32];
     int objc = 0, i, code;
     va_list ap;
 
     va_start(ap, resultPtr);
-    while (objc < 16 && (objv[objc] = va_arg(ap, Tcl_Obj *)) != NULL) {
+    while (objc < 32 && (objv[objc] = va_arg(ap, Tcl_Obj *)) != NULL) {
 	Tcl_IncrRefCount(objv[objc]);
 	objc++;
     }
@@ -222,10 +222,88 @@ OptionError(
 }
 
 /*
+ * Tells whether an address holds a control character (CR, LF and NUL
+ * among them), which would break the command line it goes into.
+ */
+
+static int
+HasControl(
+    Tcl_Obj *addr)
+{
+    Tcl_Size len, i;
+    const char *p = Tcl_GetStringFromObj(addr, &len);
+
+    for (i = 0; i < len; i++) {
+	unsigned char c = (unsigned char) p[i];
+
+	/* Tcl writes NUL as the two bytes C0 80. */
+	if (c < 0x20 || c == 0x7F || (c == 0xC0 && i + 1 < len
+		&& (unsigned char) p[i + 1] == 0x80)) {
+	    return 1;
+	}
+    }
+    return 0;
+}
+
+enum { ADDR_ALL, ADDR_ONE, ADDR_FIRST };
+
+/*
+ * Checks what -header would put into the message: a field name of visible
+ * ASCII without a colon (RFC 5322 section 3.6.8), and a value whose line
+ * breaks, if any, are folds (followed by a space or tab), without NUL. No
+ * user input may add header lines of its own.
+ */
+
+static int
+CheckHeader(
+    Tcl_Interp *interp,
+    Tcl_Obj *name,
+    Tcl_Obj *value)
+{
+    Tcl_Size len, i;
+    const char *p = Tcl_GetStringFromObj(name, &len);
+
+    if (len == 0) {
+	return OptionError(interp, Tcl_NewStringObj(
+		"-header name is empty", -1));
+    }
+    for (i = 0; i < len; i++) {
+	unsigned char c = (unsigned char) p[i];
+
+	if (c <= 0x20 || c >= 0x7F || c == ':') {
+	    return OptionError(interp, Tcl_ObjPrintf(
+		    "-header name \"%s\" is not a header field name",
+		    Tcl_GetString(Tcl_NewStringObj(p, len))));
+	}
+    }
+    p = Tcl_GetStringFromObj(value, &len);
+    for (i = 0; i < len; i++) {
+	unsigned char c = (unsigned char) p[i];
+
+	if (c == '\r' && i + 1 < len && p[i + 1] == '\n') {
+	    continue;
+	}
+	if ((c == '\r' || c == '\n')
+		&& !(i + 1 < len && (p[i + 1] == ' ' || p[i + 1] == '\t'))) {
+	    return OptionError(interp, Tcl_ObjPrintf("-header %s: a line"
+		    " break in a value must be followed by a space or tab",
+		    Tcl_GetString(name)));
+	}
+	if (c == 0xC0 && i + 1 < len && (unsigned char) p[i + 1] == 0x80) {
+	    return OptionError(interp, Tcl_ObjPrintf("-header %s: NUL in"
+		    " value", Tcl_GetString(name)));
+	}
+    }
+    return TCL_OK;
+}
+
+/*
  * Parses one address string with mime::parseaddress, as tcllib does: the
  * addresses go to *addrsOut (a new list, or NULL when not wanted); a parse
- * error becomes "error in <who>: <diagnostic>". When 'single' is set, more
- * than one mailbox is refused with tcllib's message.
+ * error becomes "error in <who>: <diagnostic>". ADDR_ONE refuses more
+ * than one mailbox with tcllib's message; ADDR_FIRST looks at the first
+ * only. An address with a control character is refused, since it could
+ * smuggle commands into the dialogue.
  */
 
 static int
@@ -233,7 +311,7 @@ ParseAddresses(
     Tcl_Interp *interp,
     Tcl_Obj *string,
     const char *who,
-    int single,
+    int mode,
     Tcl_Obj **addrsOut)
 {
     Tcl_Obj *parsed = NULL, **elems, *addrs, *errKey, *addrKey;
@@ -248,10 +326,13 @@ ParseAddresses(
 	Tcl_DecrRefCount(parsed);
 	return TCL_ERROR;
     }
-    if (single && n > 1) {
+    if (mode == ADDR_ONE && n > 1) {
 	Tcl_DecrRefCount(parsed);
 	return OptionError(interp, Tcl_ObjPrintf(
 		"too many mailboxes in %s: %s", who, Tcl_GetString(string)));
+    }
+    if (mode == ADDR_FIRST && n > 1) {
+	n = 1;
     }
     errKey = S("error");
     addrKey = S("address");
@@ -259,7 +340,7 @@ ParseAddresses(
     Tcl_IncrRefCount(addrKey);
     addrs = Tcl_NewListObj(0, NULL);
     Tcl_IncrRefCount(addrs);
-    if (single && n == 0) {
+    if (mode != ADDR_ALL && n == 0) {
 	/* tcllib's default diagnostic, which it never substitutes. */
 	code = OptionError(interp, Tcl_ObjPrintf(
 		"error in %s: invalid address \"$from\"", who));
@@ -270,6 +351,7 @@ ParseAddresses(
 	if (Tcl_DictObjGet(interp, elems[i], errKey, &err) != TCL_OK
 		|| Tcl_DictObjGet(interp, elems[i], addrKey, &addr)
 		    != TCL_OK) {
+	    Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
 	    code = TCL_ERROR;
 	    break;
 	}
@@ -278,7 +360,15 @@ ParseAddresses(
 		    Tcl_GetString(err)));
 	    break;
 	}
-	Tcl_ListObjAppendElement(NULL, addrs, addr ? addr : Tcl_NewObj());
+	if (addr == NULL) {
+	    addr = Tcl_NewObj();
+	}
+	if (HasControl(addr)) {
+	    code = OptionError(interp, Tcl_ObjPrintf("error in %s: control"
+		    " character in address", who));
+	    break;
+	}
+	Tcl_ListObjAppendElement(NULL, addrs, addr);
     }
     Tcl_DecrRefCount(errKey);
     Tcl_DecrRefCount(addrKey);
@@ -741,12 +831,16 @@ ParseOptions(
 	    int r;
 
 	    if (Tcl_ListObjGetElements(interp, value, &n, &kv) != TCL_OK) {
+		Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
 		return TCL_ERROR;
 	    }
 	    if (n != 2) {
 		return OptionError(interp, Tcl_ObjPrintf(
 			"-header expects a key and a value, not %s",
 			Tcl_GetString(value)));
+	    }
+	    if (CheckHeader(interp, kv[0], kv[1]) != TCL_OK) {
+		return TCL_ERROR;
 	    }
 	    lower = Tcl_DuplicateObj(kv[0]);
 	    Tcl_IncrRefCount(lower);
@@ -796,6 +890,12 @@ ParseOptions(
     }
     if (CheckPorts(interp, c->opts.ports) != TCL_OK) {
 	return TCL_ERROR;
+    }
+    if (c->opts.client && (HasControl(c->opts.client)
+	    || strchr(Tcl_GetString(c->opts.client), ' '))) {
+	return OptionError(interp, Tcl_ObjPrintf("invalid -client \"%s\":"
+		" spaces and control characters are not allowed",
+		Tcl_GetString(c->opts.client)));
     }
     if ((c->opts.usetls || c->opts.tlsimport)
 	    && SmtpTlsCheckOptions(interp, c->opts.tlsoptions) != TCL_OK) {
@@ -872,7 +972,7 @@ EnvelopeRules(
 	if (HeadersFind(&c->h, fromL) < 0) {
 	    HeadersAdd(&c->h, fromL, fromM, c->originator);
 	}
-	if (ParseAddresses(interp, c->originator, whoName, 1, &addrs)
+	if (ParseAddresses(interp, c->originator, whoName, ADDR_ONE, &addrs)
 		!= TCL_OK) {
 	    return TCL_ERROR;
 	}
@@ -885,7 +985,8 @@ EnvelopeRules(
 	if (HeadersFind(&c->h, senderL) < 0
 		&& strcmp(Tcl_GetString(c->originator),
 		    Tcl_GetString(from)) != 0) {
-	    if (ParseAddresses(interp, from, fromM, 1, &addrs) != TCL_OK) {
+	    if (ParseAddresses(interp, from, fromM, ADDR_FIRST, &addrs)
+		    != TCL_OK) {
 		Tcl_DecrRefCount(from);
 		return TCL_ERROR;
 	    }
@@ -932,7 +1033,7 @@ EnvelopeRules(
 
 	*bccP = 1;
 	Tcl_IncrRefCount(b);
-	if (ParseAddresses(interp, b, Tcl_DStringValue(bccM), 0,
+	if (ParseAddresses(interp, b, Tcl_DStringValue(bccM), ADDR_ALL,
 		&c->brecipients) != TCL_OK) {
 	    Tcl_DecrRefCount(b);
 	    Tcl_DecrRefCount(who);
@@ -944,7 +1045,7 @@ EnvelopeRules(
     if (HeadersFind(&c->h, toL) < 0) {
 	HeadersAdd(&c->h, bccL, Tcl_DStringValue(bccM), Tcl_NewObj());
     }
-    if (ParseAddresses(interp, c->recipients, Tcl_GetString(who), 0,
+    if (ParseAddresses(interp, c->recipients, Tcl_GetString(who), ADDR_ALL,
 	    &c->vrecipients) != TCL_OK) {
 	Tcl_DecrRefCount(who);
 	return TCL_ERROR;

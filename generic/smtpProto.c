@@ -18,7 +18,7 @@
 #define WAIT_GREETING	600
 #define WAIT_EHLO	300
 #define WAIT_MAIL	600
-#define WAIT_RCPT	600
+#define WAIT_RCPT	3600	/* Shown as asked; waited at most 600. */
 #define WAIT_DATA	300
 #define WAIT_RSET	300
 #define WAIT_QUIT	120
@@ -203,6 +203,71 @@ Finish(
 }
 
 /*
+ * tcllib's abort: reset and quit without waiting for replies, then close.
+ */
+
+static void
+Abort(
+    SmtpSession *s)
+{
+    if (s->conn) {
+	if (s->opts->debug) {
+	    Debug(s, Tcl_NewStringObj("--> RSET (wait upto 0 seconds)", -1));
+	    Debug(s, Tcl_NewStringObj("--> QUIT (wait upto 0 seconds)", -1));
+	}
+	SmtpConnWrite(s->conn, "RSET\r\nQUIT\r\n", 12);
+	SmtpConnFlush(s->conn);
+    }
+    CloseConn(s);
+}
+
+/*
+ * The blind-copy transaction failed after the main message was delivered.
+ * An error would make the caller send the main message again, so its
+ * recipients are reported as refused, with the reply (or the pseudo-code
+ * 400 and what happened), and the session ends.
+ */
+
+static void
+BccFailed(
+    SmtpSession *s,
+    int code,
+    Tcl_Obj *text)
+{
+    Tcl_Size n, i, nr, j;
+    Tcl_Obj **rcpts, **already;
+
+    Tcl_IncrRefCount(text);
+    Tcl_ListObjAppendList(NULL, s->refused, s->txRefused);
+    Tcl_ListObjGetElements(NULL, s->txRefused, &nr, &already);
+    Tcl_ListObjGetElements(NULL, s->msgs[s->cur].recipients, &n, &rcpts);
+    for (i = 0; i < n; i++) {
+	Tcl_Obj *entry, *addr;
+
+	for (j = 0; j < nr; j++) {
+	    Tcl_ListObjIndex(NULL, already[j], 0, &addr);
+	    if (strcmp(Tcl_GetString(addr), Tcl_GetString(rcpts[i])) == 0) {
+		break;
+	    }
+	}
+	if (j < nr) {
+	    continue;		/* Refused individually already. */
+	}
+	entry = Tcl_NewListObj(0, NULL);
+	Tcl_ListObjAppendElement(NULL, entry, rcpts[i]);
+	Tcl_ListObjAppendElement(NULL, entry, Tcl_NewIntObj(code));
+	Tcl_ListObjAppendElement(NULL, entry, text);
+	Tcl_ListObjAppendElement(NULL, s->refused, entry);
+    }
+    Tcl_DecrRefCount(text);
+    SetObj(&s->txRefused, NULL);
+    Abort(s);
+    s->state = ST_DONE;
+    s->code = TCL_OK;
+    s->finished = 1;
+}
+
+/*
  * Ends the session with an error. 'stage' names the step; the reply, if
  * any, gives the code, enhanced code and text.
  */
@@ -213,7 +278,13 @@ FailReply(
     const char *stage,
     const SmtpReply *r)
 {
-    Tcl_Obj *ec = Tcl_NewListObj(0, NULL);
+    Tcl_Obj *ec;
+
+    if (s->cur > 0) {
+	BccFailed(s, r->code, SmtpReplyDiagnostic(r));
+	return;
+    }
+    ec = Tcl_NewListObj(0, NULL);
 
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj("SMTP", -1));
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(stage, -1));
@@ -223,13 +294,7 @@ FailReply(
     SetObj(&s->errCode, ec);
     SetObj(&s->errMsg, Tcl_ObjPrintf("%d: %s", r->code,
 	    Tcl_GetString(SmtpReplyDiagnostic(r))));
-
-    /* tcllib's abort: reset and quit without waiting, then close. */
-    if (s->conn) {
-	SmtpConnWrite(s->conn, "RSET\r\nQUIT\r\n", 12);
-	SmtpConnFlush(s->conn);
-    }
-    CloseConn(s);
+    Abort(s);
     s->state = ST_DONE;
     s->code = TCL_ERROR;
     s->finished = 1;
@@ -248,8 +313,17 @@ FailLocal(
     const char *stage,
     const char *text)
 {
-    Tcl_Obj *ec = Tcl_NewListObj(0, NULL);
+    Tcl_Obj *ec;
     int pseudo = strcmp(stage, "EOF") == 0 || strcmp(stage, "TIMEOUT") == 0;
+
+    if (s->cur > 0 && pseudo) {
+	if (strcmp(stage, "EOF") == 0) {
+	    CloseConn(s);
+	}
+	BccFailed(s, 400, Tcl_NewStringObj(text, -1));
+	return;
+    }
+    ec = Tcl_NewListObj(0, NULL);
 
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj("SMTP", -1));
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(stage, -1));
@@ -259,7 +333,11 @@ FailLocal(
     SetObj(&s->errCode, ec);
     SetObj(&s->errMsg, pseudo ? Tcl_ObjPrintf("400: %s", text)
 	    : Tcl_NewStringObj(text, -1));
-    CloseConn(s);
+    if (strcmp(stage, "TIMEOUT") == 0) {
+	Abort(s);		/* As tcllib, which still says goodbye. */
+    } else {
+	CloseConn(s);
+    }
     s->state = ST_DONE;
     s->code = TCL_ERROR;
     s->finished = 1;
@@ -982,7 +1060,7 @@ OnClosed(
 {
     SmtpSession *s = (SmtpSession *) cd;
 
-    if (s->opts->debug) {
+    if (s->opts->debug && s->state > ST_STARTTLS) {
 	Debug(s, Tcl_ObjPrintf("    ... %s ...", why));
     }
     switch (s->state) {
@@ -1016,7 +1094,7 @@ OnTimeout(
     SmtpSession *s = (SmtpSession *) cd;
     const char *why = "read from server timed out";
 
-    if (s->opts->debug) {
+    if (s->opts->debug && s->state > ST_STARTTLS) {
 	Debug(s, Tcl_ObjPrintf("    ... %s ...", why));
     }
     switch (s->state) {
