@@ -650,23 +650,80 @@ SetMessageBody(
     const unsigned char *p = SmtpGetBytes(bytes, &len, &scratch);
 
     m->size = SmtpDataSize(p, (size_t) len);
+    m->eightbit = SmtpDataHas8bit(p, (size_t) len);
     Tcl_DStringFree(&scratch);
     SmtpSourceFromObj(&m->body, bytes);
 }
 
 enum {
-    OPT_ATLEASTONE, OPT_CLIENT, OPT_DEBUG, OPT_HEADER, OPT_MAXSECS,
-    OPT_ORIGINATOR, OPT_PASSWORD, OPT_PORTS, OPT_QUEUE, OPT_RECIPIENTS,
-    OPT_SERVERS, OPT_TLSIMPORT, OPT_TLSOPTIONS, OPT_TLSPOLICY, OPT_USETLS,
-    OPT_USERNAME
+    OPT_ATLEASTONE, OPT_CHUNKING, OPT_CLIENT, OPT_DEBUG, OPT_DSNENVID,
+    OPT_DSNNOTIFY, OPT_DSNORCPT, OPT_DSNRET, OPT_HEADER, OPT_MAXSECS,
+    OPT_ORIGINATOR, OPT_PASSWORD, OPT_PORTS, OPT_PROTOCOL, OPT_QUEUE,
+    OPT_RECIPIENTS, OPT_SERVERS, OPT_TIMEOUT, OPT_TLSIMPORT,
+    OPT_TLSOPTIONS, OPT_TLSPOLICY, OPT_USETLS, OPT_USERNAME
 };
 
 static const char *const optionNames[] = {
-    "-atleastone", "-client", "-debug", "-header", "-maxsecs",
-    "-originator", "-password", "-ports", "-queue", "-recipients",
-    "-servers", "-tlsimport", "-tlsoptions", "-tlspolicy", "-usetls",
-    "-username", NULL
+    "-atleastone", "-chunking", "-client", "-debug", "-dsnenvid",
+    "-dsnnotify", "-dsnorcpt", "-dsnret", "-header", "-maxsecs",
+    "-originator", "-password", "-ports", "-protocol", "-queue",
+    "-recipients", "-servers", "-timeout", "-tlsimport",
+    "-tlsoptions", "-tlspolicy", "-usetls", "-username", NULL
 };
+
+/*
+ * -dsnnotify: "never", or a list of success, failure and delay; the
+ * NOTIFY= value of RFC 3461 goes to *out.
+ */
+
+static int
+ParseNotify(
+    Tcl_Interp *interp,
+    Tcl_Obj *value,
+    Tcl_Obj **out)
+{
+    static const char *const words[] = {
+	"never", "success", "failure", "delay", NULL
+    };
+    static const char *const upper[] = {
+	"NEVER", "SUCCESS", "FAILURE", "DELAY"
+    };
+    Tcl_Size n, i;
+    Tcl_Obj **elems, *r;
+    int seen[4] = {0, 0, 0, 0};
+
+    if (Tcl_ListObjGetElements(NULL, value, &n, &elems) != TCL_OK || n == 0) {
+	goto bad;
+    }
+    for (i = 0; i < n; i++) {
+	int idx;
+
+	if (Tcl_GetIndexFromObj(NULL, elems[i], words, "word", 0, &idx)
+		!= TCL_OK || seen[idx]) {
+	    goto bad;
+	}
+	seen[idx] = 1;
+    }
+    if (seen[0] && n > 1) {
+	goto bad;
+    }
+    r = Tcl_NewObj();
+    for (i = 0; i < 4; i++) {
+	if (seen[i]) {
+	    if (Tcl_GetCharLength(r) > 0) {
+		Tcl_AppendToObj(r, ",", 1);
+	    }
+	    Tcl_AppendToObj(r, upper[i], -1);
+	}
+    }
+    *out = r;
+    return TCL_OK;
+
+  bad:
+    return OptionError(interp, Tcl_ObjPrintf("bad -dsnnotify \"%s\": must"
+	    " be never, or a list of success, failure and delay",
+	    Tcl_GetString(value)));
+}
 
 /*
  * Everything one call owns, freed in one place.
@@ -710,6 +767,9 @@ SendCallFree(
     Hold(&c->opts.client, NULL);
     Hold(&c->opts.tlspolicy, NULL);
     Hold(&c->opts.tlsoptions, NULL);
+    Hold(&c->opts.dsnnotify, NULL);
+    Hold(&c->opts.dsnret, NULL);
+    Hold(&c->opts.dsnenvid, NULL);
     Hold(&c->opts.username, NULL);
     Hold(&c->opts.password, NULL);
     HeadersFree(&c->h);
@@ -815,6 +875,72 @@ ParseOptions(
 	case OPT_TLSOPTIONS:
 	    Hold(&c->opts.tlsoptions, value);
 	    break;
+	case OPT_CHUNKING:
+	    if (GetBoolean(interp, value, &c->opts.chunking) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_DSNORCPT:
+	    if (GetBoolean(interp, value, &c->opts.dsnorcpt) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_TIMEOUT:
+	    if (Tcl_GetIntFromObj(NULL, value, &c->opts.timeout) != TCL_OK
+		    || c->opts.timeout < 1) {
+		return OptionError(interp, Tcl_ObjPrintf("bad -timeout \"%s\":"
+			" must be a positive number of seconds",
+			Tcl_GetString(value)));
+	    }
+	    break;
+	case OPT_PROTOCOL: {
+	    static const char *const protocols[] = {"smtp", "lmtp", NULL};
+
+	    if (Tcl_GetIndexFromObj(interp, value, protocols, "protocol",
+		    TCL_EXACT, &c->opts.lmtp) != TCL_OK) {
+		Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
+		return TCL_ERROR;
+	    }
+	    break;
+	}
+	case OPT_DSNNOTIFY: {
+	    Tcl_Obj *notify = NULL;
+
+	    if (ParseNotify(interp, value, &notify) != TCL_OK) {
+		return TCL_ERROR;
+	    }
+	    Hold(&c->opts.dsnnotify, notify);
+	    break;
+	}
+	case OPT_DSNRET: {
+	    static const char *const rets[] = {"full", "hdrs", NULL};
+	    int idx;
+
+	    if (Tcl_GetIndexFromObj(interp, value, rets, "-dsnret value",
+		    TCL_EXACT, &idx) != TCL_OK) {
+		Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
+		return TCL_ERROR;
+	    }
+	    Hold(&c->opts.dsnret, S(idx ? "HDRS" : "FULL"));
+	    break;
+	}
+	case OPT_DSNENVID: {
+	    Tcl_Size len, k;
+	    const char *p = Tcl_GetStringFromObj(value, &len);
+
+	    for (k = 0; k < len; k++) {
+		if ((unsigned char) p[k] < 0x20 || (unsigned char) p[k] > 0x7E) {
+		    return OptionError(interp, Tcl_NewStringObj("-dsnenvid"
+			    " must be printable ASCII", -1));
+		}
+	    }
+	    if (len > 100) {
+		return OptionError(interp, Tcl_NewStringObj("-dsnenvid is"
+			" longer than 100 characters (RFC 3461)", -1));
+	    }
+	    Hold(&c->opts.dsnenvid, len ? value : NULL);
+	    break;
+	}
 	case OPT_MAXSECS: {
 	    int secs;
 
@@ -853,8 +979,36 @@ ParseOptions(
 			" Content-MD5, and MIME-Version cannot be"
 			" user-specified.", -1));
 	    }
-	    HeadersAdd(&c->h, Tcl_GetString(lower), Tcl_GetString(kv[0]),
-		    kv[1]);
+	    /*
+	     * A fold written CR LF reaches mime as LF, which it writes as
+	     * CR LF: otherwise the CR would end up as an empty line.
+	     */
+	    {
+		Tcl_Obj *v = kv[1];
+
+		if (strstr(Tcl_GetString(v), "\r\n")) {
+		    Tcl_Obj *map[2];
+		    Tcl_Obj *m;
+
+		    map[0] = Tcl_NewStringObj("\r\n", 2);
+		    map[1] = Tcl_NewStringObj("\n", 1);
+		    m = Tcl_NewListObj(2, map);
+		    Tcl_IncrRefCount(m);
+		    if (Call(interp, &v, S("::string"), S("map"), m, kv[1],
+			    NULL) != TCL_OK) {
+			Tcl_DecrRefCount(m);
+			Tcl_DecrRefCount(lower);
+			return TCL_ERROR;
+		    }
+		    Tcl_DecrRefCount(m);
+		    HeadersAdd(&c->h, Tcl_GetString(lower),
+			    Tcl_GetString(kv[0]), v);
+		    Tcl_DecrRefCount(v);
+		} else {
+		    HeadersAdd(&c->h, Tcl_GetString(lower),
+			    Tcl_GetString(kv[0]), v);
+		}
+	    }
 	    Tcl_DecrRefCount(lower);
 	    break;
 	}
@@ -1113,6 +1267,8 @@ SmtpSendmessageObjCmd(
     Hold(&c.opts.ports, S("25"));
     c.opts.maxsecs = 120;
     c.opts.usetls = 1;
+    c.opts.timeout = -1;
+    c.opts.chunking = 1;
 
     code = ParseOptions(interp, objc, objv, &c, &origP);
     if (code == TCL_OK) {

@@ -15,6 +15,39 @@ SmtpDataInit(
 {
     e->bol = 1;
     e->cr = 0;
+    e->bdat = 0;
+}
+
+/*
+ * For BDAT (RFC 3030): line ends still become CRLF, but the chunks are
+ * counted, so there is no dot-stuffing and no terminating dot.
+ */
+
+void
+SmtpDataInitBdat(
+    SmtpDataEnc *e)
+{
+    SmtpDataInit(e);
+    e->bdat = 1;
+}
+
+/*
+ * Tells whether the bytes have an octet above 127 (RFC 6152 8BITMIME).
+ */
+
+int
+SmtpDataHas8bit(
+    const unsigned char *p,
+    size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+	if (p[i] & 0x80) {
+	    return 1;
+	}
+    }
+    return 0;
 }
 
 /*
@@ -77,7 +110,7 @@ SmtpDataEncode(
 	    i++;
 	    continue;
 	}
-	if (e->bol && c == '.') {
+	if (e->bol && c == '.' && !e->bdat) {
 	    out->data[out->len++] = '.';
 	}
 	run = PlainRun(p + i, n - i);
@@ -106,7 +139,9 @@ SmtpDataFinish(
     if (!e->bol) {
 	SmtpBufAppend(out, "\r\n", 2);
     }
-    SmtpBufAppend(out, ".\r\n", 3);
+    if (!e->bdat) {
+	SmtpBufAppend(out, ".\r\n", 3);
+    }
     e->bol = 1;
 }
 

@@ -95,9 +95,12 @@ Tcl_Obj *	SmtpReplyDiagnostic(const SmtpReply *r);
 typedef struct SmtpDataEnc {
     int bol;			/* At the beginning of a line. */
     int cr;			/* Last byte was a CR not yet followed. */
+    int bdat;			/* For BDAT: no dot-stuffing, no final dot. */
 } SmtpDataEnc;
 
 void		SmtpDataInit(SmtpDataEnc *e);
+void		SmtpDataInitBdat(SmtpDataEnc *e);
+int		SmtpDataHas8bit(const unsigned char *p, size_t n);
 void		SmtpDataEncode(SmtpDataEnc *e, const unsigned char *p,
 		    size_t n, SmtpBuf *out);
 void		SmtpDataFinish(SmtpDataEnc *e, SmtpBuf *out);
@@ -141,6 +144,7 @@ typedef struct SmtpMessage {
     SmtpSource body;		/* The message, as the mime package means
 				 * it. Owned by the message. */
     Tcl_WideInt size;		/* Octets as carried by DATA (RFC 1870). */
+    int eightbit;		/* Has octets above 127 (RFC 6152). */
 } SmtpMessage;
 
 typedef struct SmtpOptions {
@@ -156,6 +160,13 @@ typedef struct SmtpOptions {
     int tlsimport;
     Tcl_Obj *tlspolicy;
     Tcl_Obj *tlsoptions;	/* In the tls package's syntax. */
+    int timeout;		/* -timeout seconds, or -1: tcllib's. */
+    int chunking;		/* Use BDAT when offered. */
+    int lmtp;			/* -protocol lmtp. */
+    Tcl_Obj *dsnnotify;		/* NOTIFY= value, or NULL. */
+    Tcl_Obj *dsnret;		/* RET= value, or NULL. */
+    Tcl_Obj *dsnenvid;		/* ENVID (not yet xtext), or NULL. */
+    int dsnorcpt;		/* Add ORCPT=rfc822;addr. */
     Tcl_Obj *username;
     Tcl_Obj *password;
 } SmtpOptions;
@@ -163,7 +174,8 @@ typedef struct SmtpOptions {
 typedef enum SmtpState {
     ST_IDLE, ST_CONNECTING, ST_TLS, ST_GREETING, ST_EHLO, ST_HELO,
     ST_STARTTLS, ST_ONEX,
-    ST_QUED, ST_MAIL, ST_RCPT, ST_DATA, ST_BODY, ST_DOT, ST_RSET, ST_QUIT,
+    ST_QUED, ST_MAIL, ST_RCPT, ST_DATA, ST_BODY, ST_DOT, ST_LMTP, ST_RSET,
+    ST_QUIT,
     ST_DONE
 } SmtpState;
 
@@ -296,8 +308,8 @@ void		SmtpSaslTestInit(Tcl_Interp *interp);
  */
 
 int		SmtpMimeWriter(Tcl_Interp *interp, Tcl_Obj *token,
-		    SmtpSource *src, Tcl_WideInt *sizePtr, Tcl_Obj **whyPtr);
+		    SmtpMessage *m, Tcl_Obj **whyPtr);
 int		SmtpMimeMessage(Tcl_Interp *interp, Tcl_Obj *token, int debug,
-		    SmtpSource *src, Tcl_WideInt *sizePtr);
+		    SmtpMessage *m);
 
 #endif /* SMTPINT_H */

@@ -54,7 +54,18 @@ struct SmtpSession {
     int clearOnly;		/* Policy said insecure after a failed
 				 * handshake: reconnect without TLS. */
 
-    int rcptIdx;		/* Next recipient of the transaction. */
+    int dsn;			/* The server offers DSN. */
+    int pipelining;		/* The server offers PIPELINING. */
+    int chunking;		/* BDAT instead of DATA. */
+    int bdatPending;		/* BDAT replies still to come. */
+    int pipeData;		/* DATA went out in the batch. */
+    int mailCode;		/* Reply to MAIL (pipelined: kept until the
+				 * batch's replies are in). */
+    char mailEnh[16];
+    Tcl_Obj *mailText;
+    Tcl_Obj *accepted;		/* Recipients accepted (for LMTP). */
+    int lmtpIdx;		/* Next LMTP per-recipient reply. */
+    int rcptIdx;		/* Next recipient reply of the transaction. */
     Tcl_Size nrcpts;
     int good, bad;
     Tcl_Obj *refused;		/* Result: refused recipients. */
@@ -182,6 +193,8 @@ SmtpSessionFree(
     SetObj(&s->txRefused, NULL);
     SetObj(&s->caps, NULL);
     SetObj(&s->host, NULL);
+    SetObj(&s->mailText, NULL);
+    SetObj(&s->accepted, NULL);
     SetObj(&s->errMsg, NULL);
     SetObj(&s->errCode, NULL);
     SmtpTlsContextFree(s->ctx);
@@ -344,6 +357,69 @@ FailLocal(
 }
 
 /*
+ * The bound on a wait: -timeout when given, else tcllib's (shown as tcllib
+ * shows it, waited at most WAIT_MAX).
+ */
+
+static int
+Shown(
+    SmtpSession *s,
+    int secs)
+{
+    return s->opts->timeout >= 0 ? s->opts->timeout : secs;
+}
+
+static int
+Bound(
+    SmtpSession *s,
+    int secs)
+{
+    if (s->opts->timeout >= 0) {
+	return s->opts->timeout;
+    }
+    return secs > WAIT_MAX ? WAIT_MAX : secs;
+}
+
+/*
+ * Queues one command line (it leaves with the next flush).
+ */
+
+static void
+Put(
+    SmtpSession *s,
+    int secs,
+    const char *cmd,
+    Tcl_Size len)
+{
+    if (len < 0) {
+	len = (Tcl_Size) strlen(cmd);
+    }
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("--> %.*s (wait upto %d seconds)", (int) len,
+		cmd, Shown(s, secs)));
+    }
+    SmtpConnWrite(s->conn, cmd, (size_t) len);
+    SmtpConnWrite(s->conn, "\r\n", 2);
+}
+
+/*
+ * Sends what is queued and arms the wait for the next reply.
+ */
+
+static void
+Flush(
+    SmtpSession *s,
+    SmtpState next,
+    int secs)
+{
+    s->state = next;
+    SmtpConnSetTimeout(s->conn, Bound(s, secs));
+    if (SmtpConnFlush(s->conn) != TCL_OK) {
+	OnClosed(s, SmtpConnError(s->conn));
+    }
+}
+
+/*
  * Sends one command and arms the wait for its reply.
  */
 
@@ -355,23 +431,8 @@ Send(
     const char *cmd,
     Tcl_Size len)
 {
-    if (len < 0) {
-	len = (Tcl_Size) strlen(cmd);
-    }
-    if (secs > WAIT_MAX) {
-	secs = WAIT_MAX;
-    }
-    if (s->opts->debug) {
-	Debug(s, Tcl_ObjPrintf("--> %.*s (wait upto %d seconds)", (int) len,
-		cmd, secs));
-    }
-    s->state = next;
-    SmtpConnWrite(s->conn, cmd, (size_t) len);
-    SmtpConnWrite(s->conn, "\r\n", 2);
-    SmtpConnSetTimeout(s->conn, secs);
-    if (SmtpConnFlush(s->conn) != TCL_OK) {
-	OnClosed(s, SmtpConnError(s->conn));
-    }
+    Put(s, secs, cmd, len);
+    Flush(s, next, secs);
 }
 
 static void
@@ -501,7 +562,7 @@ TryNextServer(
 	    return;
 	}
 	s->state = ST_CONNECTING;
-	SmtpConnSetTimeout(s->conn, WAIT_GREETING);
+	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_GREETING));
 	return;
     }
     NoServer(s);
@@ -511,40 +572,213 @@ TryNextServer(
  * Mail transactions.
  */
 
+/*
+ * Appends the xtext (RFC 3461 section 4) of a string to obj.
+ */
+
+static void
+AppendXtext(
+    Tcl_Obj *obj,
+    Tcl_Obj *value)
+{
+    Tcl_Size len, i;
+    const char *p = Tcl_GetStringFromObj(value, &len);
+
+    for (i = 0; i < len; i++) {
+	unsigned char c = (unsigned char) p[i];
+
+	if (c < 33 || c > 126 || c == '+' || c == '=') {
+	    Tcl_AppendPrintfToObj(obj, "+%02X", c);
+	} else {
+	    Tcl_AppendToObj(obj, (const char *) &p[i], 1);
+	}
+    }
+}
+
+/*
+ * Tells whether an address needs SMTPUTF8 (has a non-ASCII character).
+ */
+
+static int
+NeedsUtf8(
+    Tcl_Obj *addr)
+{
+    Tcl_Size len, i;
+    const char *p = Tcl_GetStringFromObj(addr, &len);
+
+    for (i = 0; i < len; i++) {
+	if ((unsigned char) p[i] >= 0x80) {
+	    return 1;
+	}
+    }
+    return 0;
+}
+
+static Tcl_Obj *
+RcptCommand(
+    SmtpSession *s,
+    Tcl_Obj *rcpt)
+{
+    Tcl_Obj *cmd = Tcl_ObjPrintf("RCPT TO:<%s>", Tcl_GetString(rcpt));
+
+    if (s->dsn && s->opts->dsnnotify) {
+	Tcl_AppendPrintfToObj(cmd, " NOTIFY=%s",
+		Tcl_GetString(s->opts->dsnnotify));
+    }
+    if (s->dsn && s->opts->dsnorcpt) {
+	Tcl_AppendToObj(cmd, NeedsUtf8(rcpt) ? " ORCPT=utf-8;"
+		: " ORCPT=rfc822;", -1);
+	AppendXtext(cmd, rcpt);
+    }
+    return cmd;
+}
+
+/*
+ * Fails the transaction before MAIL: the message cannot be offered to this
+ * server at all.
+ */
+
+static void
+Refuse(
+    SmtpSession *s,
+    const char *stage,
+    Tcl_Obj *msg)
+{
+    Tcl_IncrRefCount(msg);
+    if (s->cur > 0) {
+	BccFailed(s, 554, msg);
+    } else {
+	if (s->conn) {
+	    Put(s, WAIT_QUIT, "QUIT", 4);
+	    SmtpConnFlush(s->conn);
+	}
+	FailLocal(s, stage, Tcl_GetString(msg));
+    }
+    Tcl_DecrRefCount(msg);
+}
+
+/*
+ * MAIL FROM with the parameters the server's extensions call for, then
+ * the recipients: one command at a time, or all in one write when the
+ * server offers PIPELINING (RFC 2920). DATA joins the batch only with
+ * -atleastone, since otherwise every RCPT reply must be seen before the
+ * message may go.
+ */
+
 static void
 StartTransaction(
     SmtpSession *s)
 {
     SmtpMessage *m = &s->msgs[s->cur];
-    Tcl_Obj *cmd = Tcl_ObjPrintf("MAIL FROM:<%s>", Tcl_GetString(m->sender));
+    Tcl_Obj *cmd, *limit = NULL, **rcpts;
+    int utf8 = NeedsUtf8(m->sender), i;
+    Tcl_Size n;
 
+    if (Tcl_ListObjGetElements(NULL, m->recipients, &s->nrcpts, &rcpts)
+	    != TCL_OK) {
+	s->nrcpts = 0;
+    }
+    for (i = 0; i < s->nrcpts; i++) {
+	utf8 |= NeedsUtf8(rcpts[i]);
+    }
+    if (SmtpHasExtension(s->caps, "SIZE", &limit)) {
+	Tcl_WideInt max = 0;
+
+	Tcl_IncrRefCount(limit);
+	if (Tcl_ListObjLength(NULL, limit, &n) == TCL_OK && n > 0) {
+	    Tcl_Obj *v;
+
+	    Tcl_ListObjIndex(NULL, limit, 0, &v);
+	    if (Tcl_GetWideIntFromObj(NULL, v, &max) != TCL_OK) {
+		max = 0;
+	    }
+	}
+	Tcl_DecrRefCount(limit);
+	if (max > 0 && m->size > max) {
+	    Refuse(s, "SIZE", Tcl_ObjPrintf("message size %" TCL_LL_MODIFIER
+		    "d exceeds the server's limit of %" TCL_LL_MODIFIER
+		    "d octets", (long long) m->size, (long long) max));
+	    return;
+	}
+    }
+    if (utf8 && !SmtpHasExtension(s->caps, "SMTPUTF8", NULL)) {
+	Refuse(s, "SMTPUTF8", Tcl_NewStringObj("an envelope address has"
+		" non-ASCII characters and the server does not offer"
+		" SMTPUTF8", -1));
+	return;
+    }
+    s->dsn = SmtpHasExtension(s->caps, "DSN", NULL);
+    if (!s->dsn && s->opts->debug && (s->opts->dsnnotify || s->opts->dsnret
+	    || s->opts->dsnenvid || s->opts->dsnorcpt)) {
+	Debug(s, Tcl_NewStringObj("    ... the server does not offer DSN:"
+		" -dsn options left out ...", -1));
+    }
+    s->pipelining = SmtpHasExtension(s->caps, "PIPELINING", NULL);
+    s->chunking = s->opts->chunking && !s->opts->lmtp
+	    && SmtpHasExtension(s->caps, "CHUNKING", NULL);
+    cmd = Tcl_ObjPrintf("MAIL FROM:<%s>", Tcl_GetString(m->sender));
     if (SmtpHasExtension(s->caps, "SIZE", NULL)) {
 	Tcl_AppendPrintfToObj(cmd, " SIZE=%" TCL_LL_MODIFIER "d",
 		(long long) m->size);
     }
-    if (Tcl_ListObjLength(NULL, m->recipients, &s->nrcpts) != TCL_OK) {
-	s->nrcpts = 0;
+    if (m->eightbit && SmtpHasExtension(s->caps, "8BITMIME", NULL)) {
+	Tcl_AppendToObj(cmd, " BODY=8BITMIME", -1);
+    }
+    if (utf8) {
+	Tcl_AppendToObj(cmd, " SMTPUTF8", -1);
+    }
+    if (s->dsn && s->opts->dsnret) {
+	Tcl_AppendPrintfToObj(cmd, " RET=%s",
+		Tcl_GetString(s->opts->dsnret));
+    }
+    if (s->dsn && s->opts->dsnenvid) {
+	Tcl_AppendToObj(cmd, " ENVID=", -1);
+	AppendXtext(cmd, s->opts->dsnenvid);
     }
     s->rcptIdx = 0;
     s->good = s->bad = 0;
+    s->mailCode = 0;
+    s->pipeData = 0;
+    SetObj(&s->mailText, NULL);
+    SetObj(&s->accepted, Tcl_NewListObj(0, NULL));
     SetObj(&s->txRefused, Tcl_NewListObj(0, NULL));
-    SendObj(s, ST_MAIL, WAIT_MAIL, cmd);
+    Tcl_IncrRefCount(cmd);
+    Put(s, WAIT_MAIL, Tcl_GetString(cmd), -1);
+    Tcl_DecrRefCount(cmd);
+    if (s->pipelining) {
+	for (i = 0; i < s->nrcpts; i++) {
+	    Tcl_Obj *rc = RcptCommand(s, rcpts[i]);
+
+	    Tcl_IncrRefCount(rc);
+	    Put(s, WAIT_RCPT, Tcl_GetString(rc), -1);
+	    Tcl_DecrRefCount(rc);
+	}
+	if (s->opts->atleastone && s->nrcpts > 0 && !s->chunking) {
+	    Put(s, WAIT_DATA, "DATA", 4);
+	    s->pipeData = 1;
+	}
+    }
+    Flush(s, ST_MAIL, WAIT_MAIL);
 }
 
 static void
 SendRcpt(
     SmtpSession *s)
 {
-    Tcl_Obj *rcpt;
+    Tcl_Obj *rcpt, *cmd;
 
     Tcl_ListObjIndex(NULL, s->msgs[s->cur].recipients, s->rcptIdx, &rcpt);
-    SendObj(s, ST_RCPT, WAIT_RCPT,
-	    Tcl_ObjPrintf("RCPT TO:<%s>", Tcl_GetString(rcpt)));
+    cmd = RcptCommand(s, rcpt);
+    Tcl_IncrRefCount(cmd);
+    Send(s, ST_RCPT, WAIT_RCPT, Tcl_GetString(cmd), -1);
+    Tcl_DecrRefCount(cmd);
 }
 
+static void StartBody(SmtpSession *s);
+
 /*
- * After the last RCPT: send the message, or reset when tcllib's rule says
- * it must not go (no recipient accepted, or one refused without
+ * After the last RCPT reply: send the message, or reset when tcllib's
+ * rule says it must not go (no recipient accepted, or one refused without
  * -atleastone).
  */
 
@@ -553,7 +787,11 @@ AfterRecipients(
     SmtpSession *s)
 {
     if (s->good && (!s->bad || s->opts->atleastone)) {
-	Send(s, ST_DATA, WAIT_DATA, "DATA", 4);
+	if (s->chunking) {
+	    StartBody(s);
+	} else {
+	    Send(s, ST_DATA, WAIT_DATA, "DATA", 4);
+	}
     } else {
 	Send(s, ST_RSET, WAIT_RSET, "RSET", 4);
     }
@@ -573,9 +811,44 @@ EndTransaction(
 }
 
 /*
- * Writes the message, pulled from its source and encoded for DATA, as fast
- * as the socket takes it without holding more than a chunk or two in
- * memory.
+ * Ends the session when the only way out of a DATA is to drop the
+ * connection: the refusals so far are the result.
+ */
+
+static void
+EndTransactionDropped(
+    SmtpSession *s)
+{
+    Tcl_ListObjAppendList(NULL, s->refused, s->txRefused);
+    SetObj(&s->txRefused, NULL);
+    CloseConn(s);
+    s->state = ST_DONE;
+    s->code = TCL_OK;
+    s->finished = 1;
+}
+
+/*
+ * The reply to the final dot (or last BDAT) has come: with LMTP, one
+ * reply per accepted recipient follows instead (RFC 2033).
+ */
+
+static void
+AfterBody(
+    SmtpSession *s)
+{
+    int secs = s->opts->maxsecs > WAIT_MAX ? WAIT_MAX : s->opts->maxsecs;
+    if (s->opts->debug && !s->chunking) {
+	Debug(s, Tcl_ObjPrintf("--> . (wait upto %d seconds)", secs));
+    }
+    s->lmtpIdx = 0;
+    s->state = s->opts->lmtp ? ST_LMTP : ST_DOT;
+    SmtpConnSetTimeout(s->conn, secs);
+}
+
+/*
+ * Writes the message, pulled from its source and encoded for DATA (or cut
+ * into BDAT chunks), as fast as the socket takes it without holding more
+ * than a chunk or two in memory.
  */
 
 static void
@@ -584,7 +857,8 @@ PumpBody(
 {
     SmtpSource *src = &s->msgs[s->cur].body;
 
-    while (!s->bodyDone && SmtpConnPending(s->conn) < BODY_CHUNK) {
+    while (!s->bodyDone && SmtpConnPending(s->conn) < BODY_CHUNK
+	    && (s->pipelining || s->bdatPending == 0)) {
 	Tcl_Obj *err = NULL;
 	int st;
 
@@ -609,6 +883,16 @@ PumpBody(
 	if (s->bodyDone) {
 	    SmtpDataFinish(&s->enc, &s->out);
 	}
+	if (s->chunking) {
+	    char head[64];
+	    int secs = s->bodyDone ? s->opts->maxsecs : WAIT_DATA;
+
+	    snprintf(head, sizeof(head), "BDAT %lu%s",
+		    (unsigned long) SmtpBufAvail(&s->out),
+		    s->bodyDone ? " LAST" : "");
+	    Put(s, secs, head, -1);
+	    s->bdatPending++;
+	}
 	SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
 	if (SmtpConnFlush(s->conn) != TCL_OK) {
 	    OnClosed(s, SmtpConnError(s->conn));
@@ -616,21 +900,17 @@ PumpBody(
 	}
     }
     if (!s->bodyDone) {
-	SmtpConnSetTimeout(s->conn, WAIT_BODY);
-	SmtpConnWantWritable(s->conn, 1);
+	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_BODY));
+	SmtpConnWantWritable(s->conn, s->pipelining || s->bdatPending == 0);
 	return;
     }
     SmtpConnWantWritable(s->conn, 0);
     SmtpBufFree(&s->raw);
     SmtpBufFree(&s->out);
-    {
-	int secs = s->opts->maxsecs > WAIT_MAX ? WAIT_MAX : s->opts->maxsecs;
-
-	if (s->opts->debug) {
-	    Debug(s, Tcl_ObjPrintf("--> . (wait upto %d seconds)", secs));
-	}
-	s->state = ST_DOT;
-	SmtpConnSetTimeout(s->conn, secs);
+    if (!s->chunking) {
+	AfterBody(s);
+    } else {
+	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
     }
 }
 
@@ -640,8 +920,40 @@ StartBody(
 {
     s->state = ST_BODY;
     s->bodyDone = 0;
-    SmtpDataInit(&s->enc);
+    s->bdatPending = 0;
+    if (s->chunking) {
+	SmtpDataInitBdat(&s->enc);
+    } else {
+	SmtpDataInit(&s->enc);
+    }
     PumpBody(s);
+}
+
+/*
+ * A reply to BDAT. The last one ends the message like the reply to the
+ * final dot.
+ */
+
+static void
+OnBdatReply(
+    SmtpSession *s,
+    SmtpReply *r)
+{
+    s->bdatPending--;
+    if (r->code != 250) {
+	FailReply(s, "DATA", r);
+	return;
+    }
+    if (!s->bodyDone) {
+	PumpBody(s);
+	return;
+    }
+    if (s->bdatPending == 0) {
+	AfterBody(s);
+	if (!s->opts->lmtp) {
+	    EndTransaction(s);
+	}
+    }
 }
 
 /*
@@ -678,7 +990,7 @@ StartTls(
     }
     name = Tcl_GetString(s->servername ? s->servername : s->host);
     s->state = ST_TLS;
-    SmtpConnSetTimeout(s->conn, WAIT_EHLO);
+    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_EHLO));
     if (SmtpConnStartTls(s->conn, s->ctx, name, s->verify, &err)
 	    != TCL_OK) {
 	Tcl_Obj *why;
@@ -807,7 +1119,8 @@ OnReply(
     switch (s->state) {
     case ST_GREETING:
 	if (r->code == 220) {
-	    SendObj(s, ST_EHLO, WAIT_EHLO, Tcl_ObjPrintf("EHLO %s",
+	    SendObj(s, ST_EHLO, WAIT_EHLO, Tcl_ObjPrintf("%s %s",
+		    s->opts->lmtp ? "LHLO" : "EHLO",
 		    Tcl_GetString(s->opts->client)));
 	} else {
 	    ServerFailed(s, "GREETING", Tcl_ObjPrintf("greeting: %d %s",
@@ -825,7 +1138,7 @@ OnReply(
 		break;
 	    }
 	    AfterHello(s);
-	} else if (r->code >= 500 && r->code <= 599) {
+	} else if (r->code >= 500 && r->code <= 599 && !s->opts->lmtp) {
 	    SendObj(s, ST_HELO, WAIT_EHLO, Tcl_ObjPrintf("HELO %s",
 		    Tcl_GetString(s->opts->client)));
 	} else {
@@ -859,20 +1172,33 @@ OnReply(
 	AfterHello(s);
 	break;
     case ST_MAIL:
-	if (r->code == 250) {
-	    if (s->nrcpts > 0) {
-		SendRcpt(s);
-	    } else {
-		AfterRecipients(s);
-	    }
-	} else {
+	s->mailCode = r->code;
+	memcpy(s->mailEnh, r->enhanced, sizeof(s->mailEnh));
+	SetObj(&s->mailText, SmtpReplyDiagnostic(r));
+	if (r->code != 250 && !s->pipelining) {
 	    FailReply(s, "MAIL", r);
+	} else if (s->nrcpts > 0) {
+	    if (s->pipelining) {
+		s->state = ST_RCPT;
+		SmtpConnSetTimeout(s->conn, Bound(s, WAIT_RCPT));
+	    } else {
+		SendRcpt(s);
+	    }
+	} else if (r->code != 250) {
+	    FailReply(s, "MAIL", r);
+	} else {
+	    AfterRecipients(s);
 	}
 	break;
     case ST_RCPT:
 	if (r->code == 250 || r->code == 251) {
+	    Tcl_Obj *rcpt;
+
+	    Tcl_ListObjIndex(NULL, s->msgs[s->cur].recipients, s->rcptIdx,
+		    &rcpt);
+	    Tcl_ListObjAppendElement(NULL, s->accepted, rcpt);
 	    s->good++;
-	} else {
+	} else if (s->mailCode == 250) {
 	    Tcl_Obj *entry = Tcl_NewListObj(0, NULL), *rcpt;
 
 	    Tcl_ListObjIndex(NULL, s->msgs[s->cur].recipients, s->rcptIdx,
@@ -884,14 +1210,47 @@ OnReply(
 	    s->bad++;
 	}
 	if (++s->rcptIdx < s->nrcpts) {
-	    SendRcpt(s);
+	    if (s->pipelining) {
+		SmtpConnSetTimeout(s->conn, Bound(s, WAIT_RCPT));
+	    } else {
+		SendRcpt(s);
+	    }
+	} else if (s->pipeData) {
+	    s->state = ST_DATA;
+	    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
+	} else if (s->mailCode != 250) {
+	    SmtpReply mr;
+
+	    SmtpReplyInit(&mr);
+	    mr.code = s->mailCode;
+	    memcpy(mr.enhanced, s->mailEnh, sizeof(mr.enhanced));
+	    mr.text = s->mailText;
+	    FailReply(s, "MAIL", &mr);
 	} else {
 	    AfterRecipients(s);
 	}
 	break;
     case ST_DATA:
-	if (r->code == 354) {
+	if (s->mailCode != 250) {
+	    SmtpReply mr;
+
+	    SmtpReplyInit(&mr);
+	    mr.code = s->mailCode;
+	    memcpy(mr.enhanced, s->mailEnh, sizeof(mr.enhanced));
+	    mr.text = s->mailText;
+	    FailReply(s, "MAIL", &mr);
+	} else if (r->code == 354 && s->good > 0) {
 	    StartBody(s);
+	} else if (r->code == 354) {
+	    /*
+	     * Pipelined DATA accepted with no recipient: the message must
+	     * not go, and DATA cannot be taken back, so the connection is
+	     * closed without the final dot (the server discards it).
+	     */
+	    EndTransactionDropped(s);
+	} else if (s->pipeData && s->good == 0) {
+	    /* RFC 2920: DATA refused because every RCPT was. */
+	    Send(s, ST_RSET, WAIT_RSET, "RSET", 4);
 	} else {
 	    FailReply(s, "DATA", r);
 	}
@@ -903,6 +1262,28 @@ OnReply(
 	    FailReply(s, "DATA", r);
 	}
 	break;
+    case ST_LMTP: {
+	/* RFC 2033: one reply per accepted recipient, in order. */
+	Tcl_Size na = 0;
+
+	Tcl_ListObjLength(NULL, s->accepted, &na);
+	if (r->code != 250 && r->code != 251 && s->lmtpIdx < na) {
+	    Tcl_Obj *entry = Tcl_NewListObj(0, NULL), *rcpt;
+
+	    Tcl_ListObjIndex(NULL, s->accepted, s->lmtpIdx, &rcpt);
+	    Tcl_ListObjAppendElement(NULL, entry, rcpt);
+	    Tcl_ListObjAppendElement(NULL, entry, Tcl_NewIntObj(r->code));
+	    Tcl_ListObjAppendElement(NULL, entry, SmtpReplyDiagnostic(r));
+	    Tcl_ListObjAppendElement(NULL, s->txRefused, entry);
+	}
+	if (++s->lmtpIdx >= na) {
+	    EndTransaction(s);
+	} else {
+	    SmtpConnSetTimeout(s->conn, s->opts->maxsecs > WAIT_MAX
+		    ? WAIT_MAX : s->opts->maxsecs);
+	}
+	break;
+    }
     case ST_RSET:
 	EndTransaction(s);
 	break;
@@ -910,8 +1291,12 @@ OnReply(
 	Finish(s);
 	break;
     case ST_BODY:
-	/* A reply before the message has been written is a refusal. */
-	FailReply(s, "DATA", r);
+	if (s->chunking) {
+	    OnBdatReply(s, r);
+	} else {
+	    /* A reply before the message has been written is a refusal. */
+	    FailReply(s, "DATA", r);
+	}
 	break;
     default:
 	break;
@@ -933,7 +1318,7 @@ OnConnected(
 	return;
     }
     s->state = ST_GREETING;
-    SmtpConnSetTimeout(s->conn, WAIT_GREETING);
+    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_GREETING));
 }
 
 /*
@@ -969,11 +1354,12 @@ OnTlsDone(
     }
     if (s->opts->tlsimport) {
 	s->state = ST_GREETING;
-	SmtpConnSetTimeout(s->conn, WAIT_GREETING);
+	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_GREETING));
     } else {
 	/* RFC 3207: forget what was heard before TLS; say EHLO again. */
 	SetObj(&s->caps, NULL);
-	SendObj(s, ST_EHLO, WAIT_EHLO, Tcl_ObjPrintf("EHLO %s",
+	SendObj(s, ST_EHLO, WAIT_EHLO, Tcl_ObjPrintf("%s %s",
+		s->opts->lmtp ? "LHLO" : "EHLO",
 		Tcl_GetString(s->opts->client)));
     }
 }

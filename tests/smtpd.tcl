@@ -53,6 +53,14 @@
 #                      that reply; only a 220 starts TLS).  Default {}.
 #     -implicittls B   With -tls, speak TLS from the first byte (SMTPS):
 #                      the handshake comes before the greeting.  Default 0.
+#     -lmtp B          Speak LMTP (RFC 2033): LHLO is answered like EHLO,
+#                      and after the final dot each accepted recipient
+#                      gets its own reply, an event "LMTP <address>" that
+#                      rules can match (e.g. {{LMTP bad@*} {reply {550 no}}}).
+#                      Default 0.
+#     BDAT (RFC 3030) is understood when CHUNKING is in -ehlo: each chunk
+#     is answered as the command "BDAT n ?LAST?" and the chunks are
+#     recorded as one message (raw = message, no dot-stuffing) at LAST.
 #     -tlsdelay MS     Start the server side of each TLS handshake MS
 #                      milliseconds late (after the 220 to STARTTLS has
 #                      been sent), so the client waits in its handshake.
@@ -67,7 +75,8 @@
 #	greeting -greeting            HELO  250 <hostname>
 #	EHLO  multi-line 250 (or 500 with -noehlo)
 #	MAIL  250 (sender recorded)   RCPT  250 (recipient recorded if 2xx)
-#	DATA  354, then 250 after the terminating <CRLF>.<CRLF>
+#	DATA  354, then 250 after the terminating <CRLF>.<CRLF>; 554 when
+#	      no recipient has been accepted (as Postfix)
 #	RSET, NOOP  250               QUIT  221 then close
 #	empty line 500, anything else 502.  No sequencing checks (no 503).
 #	Command lines end at LF; one CR before the LF is removed.
@@ -182,7 +191,7 @@ namespace eval ::smtpd {
     variable waitid 0
     variable optionNames {
         -greeting -hostname -ehlo -noehlo -rules -record -myaddr -port
-        -tls -implicittls -tlsdelay
+        -tls -implicittls -tlsdelay -lmtp
     }
     variable defaults {
         -greeting {220 localhost ESMTP smtpd.tcl}
@@ -196,6 +205,7 @@ namespace eval ::smtpd {
         -tls {}
         -implicittls 0
         -tlsdelay 0
+        -lmtp 0
     }
 }
 
@@ -876,6 +886,16 @@ proc ::smtpd::Process {srv n data} {
             data {
                 set data [DataBytes $srv $n $data]
             }
+            bdat {
+                set take [string range $data 0 [expr {$C(bdatleft) - 1}]]
+                set data [string range $data $C(bdatleft) end]
+                lappend C(bchunks) $take
+                incr C(bdatleft) -[string length $take]
+                if {$C(bdatleft) == 0} {
+                    set C(mode) cmd
+                    BdatDone $srv $n
+                }
+            }
             cmd {
                 # count this read once, before any reply or record is made
                 if {!$C(gotcmd)} {
@@ -907,7 +927,7 @@ proc ::smtpd::Process {srv n data} {
                 } else {
                     set C(cmdbuf) ""
                     set C(cmdscan) 0
-                    if {$C(mode) eq "data"} {
+                    if {$C(mode) in {data bdat}} {
                         set data $rest
                     }
                 }
@@ -955,12 +975,44 @@ proc ::smtpd::DataBytes {srv n data} {
     set idx [expr {[llength $S(messages)] - 1}]
     set C(from) {}
     set C(rcpts) {}
-    set code [Respond $srv $n enddata "" \
-            [list "250 2.0.0 Ok: queued as [llength $S(messages)]"]]
+    if {[string is true $S(-lmtp)]} {
+        # RFC 2033: a reply for each accepted recipient.
+        set code {}
+        foreach r [dict get $msg rcpts] {
+            lappend code [Respond $srv $n lmtp "LMTP $r" \
+                    [list "250 2.1.5 <$r> delivered"]]
+        }
+    } else {
+        set code [Respond $srv $n enddata "" \
+                [list "250 2.0.0 Ok: queued as [llength $S(messages)]"]]
+    }
     lset S(messages) $idx [dict replace $msg reply $code]
     Notify $srv
     WriteRecord $srv
     return $rest
+}
+
+# A BDAT chunk has arrived in full: answer it; at LAST record the message.
+proc ::smtpd::BdatDone {srv n} {
+    upvar #0 [CVar $srv $n] C
+    upvar #0 [SVar $srv] S
+    if {!$C(bdatlast)} {
+        Respond $srv $n cmd $C(bdatline) [list "250 2.0.0 Ok: chunk received"]
+        return
+    }
+    set body [join $C(bchunks) ""]
+    set C(bchunks) {}
+    set msg [dict create conn $n from $C(from) rcpts $C(rcpts) \
+            raw $body message $body reply "" bdat 1]
+    lappend S(messages) $msg
+    set idx [expr {[llength $S(messages)] - 1}]
+    set C(from) {}
+    set C(rcpts) {}
+    set code [Respond $srv $n cmd $C(bdatline) \
+            [list "250 2.0.0 Ok: queued as [llength $S(messages)]"]]
+    lset S(messages) $idx [dict replace $msg reply $code]
+    Notify $srv
+    WriteRecord $srv
 }
 
 proc ::smtpd::Command {srv n line} {
@@ -975,7 +1027,7 @@ proc ::smtpd::Command {srv n line} {
         HELO {
             Respond $srv $n cmd $line [list "250 $S(-hostname)"]
         }
-        EHLO {
+        EHLO - LHLO {
             if {[string is true $S(-noehlo)]} {
                 set lines [list "500 5.5.1 Command unrecognized: EHLO"]
             } else {
@@ -1006,13 +1058,34 @@ proc ::smtpd::Command {srv n line} {
             }
         }
         DATA {
-            set code [Respond $srv $n cmd $line \
-                    [list "354 End data with <CR><LF>.<CR><LF>"]]
+            # As Postfix: no DATA without an accepted recipient (this is
+            # what a pipelining client sees when every RCPT was refused).
+            set default [expr {[llength $C(rcpts)]
+                ? "354 End data with <CR><LF>.<CR><LF>"
+                : "554 5.5.1 Error: no valid recipients"}]
+            set code [Respond $srv $n cmd $line [list $default]]
             if {$code eq "354" && !$C(closed)} {
                 set C(mode) data
                 set C(dchunks) {}
                 set C(dtail) "\r\n"
                 set C(dlen) 0
+            }
+        }
+        BDAT {
+            if {![regexp -nocase {^BDAT (\d+)( LAST)?$} $line -> size last]} {
+                Respond $srv $n cmd $line [list "501 5.5.4 Syntax: BDAT count \[LAST\]"]
+                return
+            }
+            if {![info exists C(bchunks)]} {
+                set C(bchunks) {}
+            }
+            set C(bdatline) $line
+            set C(bdatlast) [expr {$last ne ""}]
+            if {$size == 0} {
+                BdatDone $srv $n
+            } else {
+                set C(bdatleft) $size
+                set C(mode) bdat
             }
         }
         RSET {
