@@ -33,5 +33,6 @@ Smtp_Init(
     Tcl_CreateObjCommand(interp, "::smtp::sendmessage",
 	    SmtpSendmessageObjCmd, NULL, NULL);
     SmtpTestInit(interp);
+    SmtpSaslTestInit(interp);
     return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
 }

@@ -656,17 +656,19 @@ SetMessageBody(
 }
 
 enum {
-    OPT_ATLEASTONE, OPT_CHUNKING, OPT_CLIENT, OPT_DEBUG, OPT_DSNENVID,
+    OPT_ATLEASTONE, OPT_AUTHMECHS, OPT_CHUNKING, OPT_CLIENT, OPT_DEBUG, OPT_DSNENVID,
     OPT_DSNNOTIFY, OPT_DSNORCPT, OPT_DSNRET, OPT_HEADER, OPT_MAXSECS,
-    OPT_ORIGINATOR, OPT_PASSWORD, OPT_PORTS, OPT_PROTOCOL, OPT_QUEUE,
+    OPT_OAUTHTOKEN, OPT_ORIGINATOR, OPT_PASSWORD, OPT_PORTS, OPT_PROTOCOL,
+    OPT_QUEUE,
     OPT_RECIPIENTS, OPT_SERVERS, OPT_TIMEOUT, OPT_TLSIMPORT,
     OPT_TLSOPTIONS, OPT_TLSPOLICY, OPT_USETLS, OPT_USERNAME
 };
 
 static const char *const optionNames[] = {
-    "-atleastone", "-chunking", "-client", "-debug", "-dsnenvid",
+    "-atleastone", "-authmechs", "-chunking", "-client", "-debug", "-dsnenvid",
     "-dsnnotify", "-dsnorcpt", "-dsnret", "-header", "-maxsecs",
-    "-originator", "-password", "-ports", "-protocol", "-queue",
+    "-oauthtoken", "-originator", "-password", "-ports", "-protocol",
+    "-queue",
     "-recipients", "-servers", "-timeout", "-tlsimport",
     "-tlsoptions", "-tlspolicy", "-usetls", "-username", NULL
 };
@@ -770,6 +772,8 @@ SendCallFree(
     Hold(&c->opts.dsnnotify, NULL);
     Hold(&c->opts.dsnret, NULL);
     Hold(&c->opts.dsnenvid, NULL);
+    Hold(&c->opts.authmechs, NULL);
+    Hold(&c->opts.oauthtoken, NULL);
     Hold(&c->opts.username, NULL);
     Hold(&c->opts.password, NULL);
     HeadersFree(&c->h);
@@ -875,6 +879,48 @@ ParseOptions(
 	case OPT_TLSOPTIONS:
 	    Hold(&c->opts.tlsoptions, value);
 	    break;
+	case OPT_OAUTHTOKEN:
+	    Hold(&c->opts.oauthtoken, value);
+	    break;
+	case OPT_AUTHMECHS: {
+	    Tcl_Size n, k;
+	    Tcl_Obj **elems, *list;
+
+	    if (Tcl_ListObjGetElements(interp, value, &n, &elems) != TCL_OK) {
+		Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
+		return TCL_ERROR;
+	    }
+	    list = Tcl_NewListObj(0, NULL);
+	    Tcl_IncrRefCount(list);
+	    for (k = 0; k < n; k++) {
+		const char *const *m = SmtpSaslMechanisms();
+		Tcl_Obj *up = Tcl_DuplicateObj(elems[k]);
+
+		Tcl_SetObjLength(up, Tcl_UtfToUpper(Tcl_GetString(up)));
+		for (; *m; m++) {
+		    if (strcmp(*m, Tcl_GetString(up)) == 0) {
+			break;
+		    }
+		}
+		if (*m == NULL) {
+		    Tcl_Obj *all = Tcl_NewObj();
+
+		    for (m = SmtpSaslMechanisms(); *m; m++) {
+			Tcl_AppendPrintfToObj(all, "%s%s",
+				m == SmtpSaslMechanisms() ? "" : ", ", *m);
+		    }
+		    Tcl_DecrRefCount(up);
+		    Tcl_DecrRefCount(list);
+		    return OptionError(interp, Tcl_ObjPrintf("unknown SASL"
+			    " mechanism \"%s\" in -authmechs: must be one of %s",
+			    Tcl_GetString(elems[k]), Tcl_GetString(all)));
+		}
+		Tcl_ListObjAppendElement(NULL, list, up);
+	    }
+	    Hold(&c->opts.authmechs, list);
+	    Tcl_DecrRefCount(list);
+	    break;
+	}
 	case OPT_CHUNKING:
 	    if (GetBoolean(interp, value, &c->opts.chunking) != TCL_OK) {
 		return TCL_ERROR;

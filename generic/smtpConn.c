@@ -467,3 +467,32 @@ SmtpConnClose(
     Tcl_Close(NULL, c->chan);
     Tcl_EventuallyFree(c, TCL_DYNAMIC);
 }
+
+/*
+ * Tells whether the server's address is a loopback one (127.0.0.0/8 or
+ * ::1, also as an IPv4-mapped address).
+ */
+
+int
+SmtpConnPeerIsLoopback(
+    SmtpConn *c)
+{
+    Tcl_DString ds;
+    int argc, loop = 0;
+    const char **argv;
+
+    Tcl_DStringInit(&ds);
+    if (!c->dead && Tcl_GetChannelOption(NULL, c->chan, "-peername", &ds)
+	    == TCL_OK && Tcl_SplitList(NULL, Tcl_DStringValue(&ds), &argc,
+		&argv) == TCL_OK) {
+	if (argc > 0) {
+	    const char *ip = argv[0];
+
+	    loop = strncmp(ip, "127.", 4) == 0 || strcmp(ip, "::1") == 0
+		    || strncmp(ip, "::ffff:127.", 11) == 0;
+	}
+	Tcl_Free((char *) argv);
+    }
+    Tcl_DStringFree(&ds);
+    return loop;
+}

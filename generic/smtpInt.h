@@ -167,13 +167,15 @@ typedef struct SmtpOptions {
     Tcl_Obj *dsnret;		/* RET= value, or NULL. */
     Tcl_Obj *dsnenvid;		/* ENVID (not yet xtext), or NULL. */
     int dsnorcpt;		/* Add ORCPT=rfc822;addr. */
+    Tcl_Obj *authmechs;		/* -authmechs: allowed, in order; or NULL. */
+    Tcl_Obj *oauthtoken;	/* Bearer token for OAUTHBEARER/XOAUTH2. */
     Tcl_Obj *username;
     Tcl_Obj *password;
 } SmtpOptions;
 
 typedef enum SmtpState {
     ST_IDLE, ST_CONNECTING, ST_TLS, ST_GREETING, ST_EHLO, ST_HELO,
-    ST_STARTTLS, ST_ONEX,
+    ST_STARTTLS, ST_ONEX, ST_AUTH,
     ST_QUED, ST_MAIL, ST_RCPT, ST_DATA, ST_BODY, ST_DOT, ST_LMTP, ST_RSET,
     ST_QUIT,
     ST_DONE
@@ -216,6 +218,7 @@ void		SmtpConnClose(SmtpConn *c);
 int		SmtpConnStartTls(SmtpConn *c, struct ssl_ctx_st *ctx,
 		    const char *host, int verify, Tcl_Obj **errPtr);
 Tcl_Obj *	SmtpConnTlsInfo(SmtpConn *c);
+int		SmtpConnPeerIsLoopback(SmtpConn *c);
 
 /*
  * smtpTls.c: the TLS context from -tlsoptions, and a TLS filter over
@@ -255,6 +258,14 @@ Tcl_ObjCmdProc	SmtpSendmessageObjCmd;
  */
 
 void		SmtpTestInit(Tcl_Interp *interp);
+
+/*
+ * Set (by ::smtp::internal::loopback 0) in an interpreter whose tests need
+ * a loopback server treated as remote.
+ */
+
+#define SMTP_NOLOOPBACK_KEY "smtp::noloopback"
+
 
 /*
  * smtpSasl.c: SASL mechanisms for AUTH, client side. Pure step functions:

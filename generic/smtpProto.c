@@ -66,6 +66,14 @@ struct SmtpSession {
     Tcl_Obj *accepted;		/* Recipients accepted (for LMTP). */
     int lmtpIdx;		/* Next LMTP per-recipient reply. */
     int rcptIdx;		/* Next recipient reply of the transaction. */
+    int helloStep;		/* Where AfterHello is: ONEX, QUED, AUTH. */
+    int clearAccepted;		/* The policy accepted a clear connection. */
+    Tcl_Obj *authList;		/* Mechanisms still to try. */
+    SmtpSasl *sasl;		/* The exchange under way. */
+    const char *authMech;	/* Its name. */
+    int authCode;		/* Last refusal of AUTH, kept for the error. */
+    char authEnh[16];
+    Tcl_Obj *authText;
     Tcl_Size nrcpts;
     int good, bad;
     Tcl_Obj *refused;		/* Result: refused recipients. */
@@ -195,6 +203,11 @@ SmtpSessionFree(
     SetObj(&s->host, NULL);
     SetObj(&s->mailText, NULL);
     SetObj(&s->accepted, NULL);
+    SetObj(&s->authList, NULL);
+    SetObj(&s->authText, NULL);
+    if (s->sasl) {
+	SmtpSaslFree(s->sasl);
+    }
     SetObj(&s->errMsg, NULL);
     SetObj(&s->errCode, NULL);
     SmtpTlsContextFree(s->ctx);
@@ -473,6 +486,7 @@ ServerFailed(
     }
     CloseConn(s);
     s->clearOnly = 0;
+    s->clearAccepted = 0;
     TryNextServer(s);
 }
 
@@ -1063,6 +1077,9 @@ TlsRefused(
 	ServerFailed(s, "TLS", why);
 	return;
     }
+    if (s->opts->tlspolicy && Tcl_GetCharLength(s->opts->tlspolicy) > 0) {
+	s->clearAccepted = 1;
+    }
     if (s->opts->debug) {
 	Debug(s, Tcl_ObjPrintf("    ... %s: going on without TLS ...",
 		Tcl_GetString(why)));
@@ -1078,33 +1095,397 @@ TlsRefused(
 }
 
 /*
- * Whether to follow EHLO with ONEX / QUED, as tcllib does.
+ * SMTP AUTH (RFC 4954).
+ */
+
+/*
+ * The mechanisms the server offers, from "AUTH a b" and the old
+ * "AUTH=a b" lines, upper-cased.
+ */
+
+static Tcl_Obj *
+OfferedMechanisms(
+    SmtpSession *s)
+{
+    Tcl_Obj *r = Tcl_NewListObj(0, NULL), **lines;
+    Tcl_Size n, i;
+
+    if (s->caps == NULL
+	    || Tcl_ListObjGetElements(NULL, s->caps, &n, &lines) != TCL_OK) {
+	return r;
+    }
+    for (i = 0; i < n; i++) {
+	const char *l = Tcl_GetString(lines[i]);
+
+	if (Tcl_UtfNcasecmp(l, "AUTH", 4) == 0 && (l[4] == ' '
+		|| l[4] == '=')) {
+	    const char *q = l + 5;
+
+	    while (*q) {
+		const char *e;
+
+		while (*q == ' ') {
+		    q++;
+		}
+		e = q;
+		while (*e && *e != ' ') {
+		    e++;
+		}
+		if (e > q) {
+		    Tcl_Obj *m = Tcl_NewStringObj(q, (Tcl_Size) (e - q));
+
+		    Tcl_SetObjLength(m, Tcl_UtfToUpper(Tcl_GetString(m)));
+		    Tcl_ListObjAppendElement(NULL, r, m);
+		}
+		q = e;
+	    }
+	}
+    }
+    return r;
+}
+
+static int
+InList(
+    Tcl_Obj *list,
+    const char *word)
+{
+    Tcl_Size n, i;
+    Tcl_Obj **elems;
+
+    Tcl_ListObjGetElements(NULL, list, &n, &elems);
+    for (i = 0; i < n; i++) {
+	if (Tcl_UtfNcasecmp(Tcl_GetString(elems[i]), word,
+		(unsigned long) strlen(word) + 1) == 0) {
+	    return 1;
+	}
+    }
+    return 0;
+}
+
+static int
+IsOauth(
+    const char *mech)
+{
+    return strcmp(mech, "XOAUTH2") == 0 || strcmp(mech, "OAUTHBEARER") == 0;
+}
+
+static void TryNextMechanism(SmtpSession *s);
+
+/*
+ * Decides whether to authenticate, and starts. Returns 1 when it has taken
+ * over (AUTH sent, or the session failed), 0 to go on without AUTH.
+ */
+
+static int
+StartAuth(
+    SmtpSession *s)
+{
+    Tcl_Obj *offered, *order, **names, *list;
+    Tcl_Size n, i;
+    int token = s->opts->oauthtoken
+	    && Tcl_GetCharLength(s->opts->oauthtoken) > 0;
+
+    if (s->opts->username == NULL
+	    || Tcl_GetCharLength(s->opts->username) == 0) {
+	return 0;
+    }
+    offered = OfferedMechanisms(s);
+    Tcl_IncrRefCount(offered);
+    Tcl_ListObjLength(NULL, offered, &n);
+    if (n == 0) {
+	Tcl_DecrRefCount(offered);
+	if (s->opts->debug) {
+	    Debug(s, Tcl_NewStringObj("    ... credentials given, but the"
+		    " server offers no AUTH: going on without ...", -1));
+	}
+	return 0;
+    }
+
+    /*
+     * Credentials are not sent in the clear by surprise: only over TLS, to
+     * a loopback server, with -usetls 0, or when the policy agreed.
+     */
+
+    if (!s->tlsActive && s->opts->usetls && !s->clearAccepted
+	    && !(SmtpConnPeerIsLoopback(s->conn) && !Tcl_GetAssocData(
+		s->interp, SMTP_NOLOOPBACK_KEY, NULL))) {
+	Tcl_Obj *why = Tcl_ObjPrintf("%s offers no STARTTLS: credentials"
+		" would be sent in the clear (-usetls 0 allows it)",
+		Tcl_GetString(s->host));
+
+	Tcl_IncrRefCount(why);
+	if (s->opts->tlspolicy == NULL
+		|| Tcl_GetCharLength(s->opts->tlspolicy) == 0
+		|| !AskPolicy(s, 538, why, 0)) {
+	    Tcl_DecrRefCount(offered);
+	    ServerFailed(s, "AUTH", why);
+	    Tcl_DecrRefCount(why);
+	    return 1;
+	}
+	Tcl_DecrRefCount(why);
+    }
+
+    list = Tcl_NewListObj(0, NULL);
+    if (s->opts->authmechs) {
+	order = s->opts->authmechs;
+    } else {
+	const char *const *m = SmtpSaslMechanisms();
+
+	order = Tcl_NewListObj(0, NULL);
+	for (; *m; m++) {
+	    if (IsOauth(*m) == token) {
+		Tcl_ListObjAppendElement(NULL, order, Tcl_NewStringObj(*m, -1));
+	    }
+	}
+    }
+    Tcl_IncrRefCount(order);
+    Tcl_ListObjGetElements(NULL, order, &n, &names);
+    for (i = 0; i < n; i++) {
+	if (InList(offered, Tcl_GetString(names[i]))) {
+	    Tcl_ListObjAppendElement(NULL, list, names[i]);
+	}
+    }
+    Tcl_DecrRefCount(order);
+    Tcl_DecrRefCount(offered);
+    SetObj(&s->authList, list);
+    s->authCode = 0;
+    SetObj(&s->authText, NULL);
+    Tcl_ListObjLength(NULL, list, &n);
+    if (n == 0) {
+	FailLocal(s, "AUTH", "the server offers no authentication mechanism"
+		" that is allowed and supported");
+	return 1;
+    }
+    TryNextMechanism(s);
+    return 1;
+}
+
+/*
+ * Every mechanism has been refused: the error carries the last reply.
+ */
+
+static void
+AuthRefused(
+    SmtpSession *s)
+{
+    SmtpReply r;
+
+    SmtpReplyInit(&r);
+    r.code = s->authCode;
+    memcpy(r.enhanced, s->authEnh, sizeof(r.enhanced));
+    r.text = s->authText;
+    FailReply(s, "AUTH", &r);
+}
+
+/*
+ * Sends a SASL response (base64) without showing it under -debug.
+ */
+
+static void
+SendSecret(
+    SmtpSession *s,
+    const char *prefix,
+    SmtpBuf *raw,
+    int hasRaw)
+{
+    SmtpBuf line;
+
+    SmtpBufInit(&line);
+    SmtpBufAppendStr(&line, prefix);
+    if (hasRaw) {
+	if (*prefix) {
+	    SmtpBufAppend(&line, " ", 1);
+	}
+	if (SmtpBufAvail(raw) == 0 && *prefix) {
+	    SmtpBufAppend(&line, "=", 1);	/* An empty initial response. */
+	} else {
+	    SmtpBase64Encode(SmtpBufPtr(raw), SmtpBufAvail(raw), &line);
+	}
+    }
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("--> %s%s (wait upto %d seconds)", prefix,
+		hasRaw ? (*prefix ? " ****" : "****") : "",
+		Shown(s, WAIT_EHLO)));
+    }
+    SmtpConnWrite(s->conn, SmtpBufPtr(&line), SmtpBufAvail(&line));
+    SmtpConnWrite(s->conn, "\r\n", 2);
+    SmtpSaslBufWipe(&line);
+    SmtpBufFree(&line);
+    Flush(s, ST_AUTH, WAIT_EHLO);
+}
+
+static void
+TryNextMechanism(
+    SmtpSession *s)
+{
+    Tcl_Obj *mech, *err = NULL;
+    SmtpSaslCreds cr;
+    SmtpBuf initial;
+    int hasInitial = 0;
+    Tcl_Size n;
+    char prefix[64];
+
+    if (s->sasl) {
+	SmtpSaslFree(s->sasl);
+	s->sasl = NULL;
+    }
+    Tcl_ListObjLength(NULL, s->authList, &n);
+    if (n == 0) {
+	AuthRefused(s);
+	return;
+    }
+    Tcl_ListObjIndex(NULL, s->authList, 0, &mech);
+    Tcl_IncrRefCount(mech);
+    Tcl_ListObjReplace(NULL, s->authList, 0, 1, 0, NULL);
+    memset(&cr, 0, sizeof(cr));
+    cr.username = Tcl_GetString(s->opts->username);
+    cr.password = s->opts->password ? Tcl_GetString(s->opts->password) : "";
+    cr.oauthToken = s->opts->oauthtoken
+	    ? Tcl_GetString(s->opts->oauthtoken) : NULL;
+    cr.service = "smtp";
+    cr.host = Tcl_GetString(s->servername ? s->servername : s->host);
+    s->sasl = SmtpSaslNew(Tcl_GetString(mech), &cr, &err);
+    if (s->sasl == NULL) {
+	Tcl_IncrRefCount(err);
+	if (s->opts->debug) {
+	    Debug(s, Tcl_ObjPrintf("    ... %s ...", Tcl_GetString(err)));
+	}
+	Tcl_DecrRefCount(err);
+	Tcl_DecrRefCount(mech);
+	TryNextMechanism(s);
+	return;
+    }
+    s->authMech = NULL;
+    snprintf(prefix, sizeof(prefix), "AUTH %s", Tcl_GetString(mech));
+    Tcl_DecrRefCount(mech);
+    SmtpBufInit(&initial);
+    if (SmtpSaslStart(s->sasl, &initial, &hasInitial, &err) != 0) {
+	SmtpBufFree(&initial);
+	Tcl_IncrRefCount(err);
+	FailLocal(s, "AUTH", Tcl_GetString(err));
+	Tcl_DecrRefCount(err);
+	return;
+    }
+    SendSecret(s, prefix, &initial, hasInitial);
+    SmtpSaslBufWipe(&initial);
+    SmtpBufFree(&initial);
+}
+
+/*
+ * A reply during AUTH: a challenge, success, or refusal.
+ */
+
+static void
+OnAuthReply(
+    SmtpSession *s,
+    SmtpReply *r)
+{
+    Tcl_Obj *err = NULL;
+
+    if (r->code == 334) {
+	SmtpBuf challenge, response;
+	Tcl_Size len;
+	const char *text = Tcl_GetStringFromObj(SmtpReplyDiagnostic(r), &len);
+
+	SmtpBufInit(&challenge);
+	SmtpBufInit(&response);
+	if (SmtpBase64Decode(text, (size_t) len, &challenge) != 0) {
+	    err = Tcl_NewStringObj("the server's challenge is not valid"
+		    " base64", -1);
+	} else if (SmtpSaslStep(s->sasl, SmtpBufPtr(&challenge),
+		SmtpBufAvail(&challenge), &response, &err) == 0) {
+	    SendSecret(s, "", &response, 1);
+	    SmtpSaslBufWipe(&response);
+	    SmtpBufFree(&response);
+	    SmtpBufFree(&challenge);
+	    return;
+	}
+	SmtpSaslBufWipe(&response);
+	SmtpBufFree(&response);
+	SmtpBufFree(&challenge);
+
+	/* Cancel the exchange (RFC 4954 "*") and give up. */
+	Tcl_IncrRefCount(err);
+	if (s->opts->debug) {
+	    Debug(s, Tcl_NewStringObj("--> * (wait upto 0 seconds)", -1));
+	}
+	SmtpConnWrite(s->conn, "*\r\nQUIT\r\n", 9);
+	SmtpConnFlush(s->conn);
+	FailLocal(s, "AUTH", Tcl_GetString(err));
+	Tcl_DecrRefCount(err);
+	return;
+    }
+    if (r->code == 235) {
+	SmtpBuf data;
+	Tcl_Size len;
+	const char *text = Tcl_GetStringFromObj(SmtpReplyDiagnostic(r), &len);
+	int has, bad;
+
+	/*
+	 * A server may put SCRAM's final message in the 235 (RFC 4954
+	 * allows additional data there); a text that is not base64 is none.
+	 */
+
+	SmtpBufInit(&data);
+	has = SmtpBase64Decode(text, (size_t) len, &data) == 0;
+	bad = SmtpSaslFinish(s->sasl, has ? SmtpBufPtr(&data) : NULL,
+		has ? SmtpBufAvail(&data) : 0, &err) != 0;
+	SmtpBufFree(&data);
+	if (bad) {
+	    Tcl_IncrRefCount(err);
+	    Abort(s);
+	    FailLocal(s, "AUTH", Tcl_GetString(err));
+	    Tcl_DecrRefCount(err);
+	    return;
+	}
+	SmtpSaslFree(s->sasl);
+	s->sasl = NULL;
+	if (s->opts->debug) {
+	    Debug(s, Tcl_NewStringObj("    ... authenticated ...", -1));
+	}
+	AfterHello(s);
+	return;
+    }
+    s->authCode = r->code;
+    memcpy(s->authEnh, r->enhanced, sizeof(s->authEnh));
+    SetObj(&s->authText, SmtpReplyDiagnostic(r));
+    TryNextMechanism(s);
+}
+
+/*
+ * After EHLO (again after TLS): ONEX and QUED as tcllib does, then AUTH,
+ * then the first transaction. Each step's reply calls this again.
  */
 
 static void
 AfterHello(
     SmtpSession *s)
 {
-    if (s->state == ST_EHLO || s->state == ST_HELO
-	    || s->state == ST_STARTTLS) {
+    switch (s->helloStep) {
+    case 0:
+	s->helloStep = 1;
 	if (!s->opts->multiple && SmtpHasExtension(s->caps, "ONEX", NULL)) {
 	    Send(s, ST_ONEX, WAIT_EHLO, "ONEX", 4);
 	    return;
 	}
+	/* FALLTHRU */
+    case 1:
+	s->helloStep = 2;
+	if (s->opts->queue && SmtpHasExtension(s->caps, "XQUE", NULL)) {
+	    Send(s, ST_QUED, WAIT_EHLO, "QUED", 4);
+	    return;
+	}
+	/* FALLTHRU */
+    case 2:
+	s->helloStep = 3;
+	if (StartAuth(s)) {
+	    return;
+	}
+	/* FALLTHRU */
+    default:
+	s->cur = 0;
+	StartTransaction(s);
     }
-    if (s->state != ST_QUED && s->opts->queue
-	    && SmtpHasExtension(s->caps, "XQUE", NULL)) {
-	Send(s, ST_QUED, WAIT_EHLO, "QUED", 4);
-	return;
-    }
-    if (s->opts->username && Tcl_GetCharLength(s->opts->username) > 0
-	    && s->opts->debug) {
-	Debug(s, Tcl_NewStringObj(
-		"    ... credentials given, but this release does not"
-		" authenticate ...", -1));
-    }
-    s->cur = 0;
-    StartTransaction(s);
 }
 
 /*
@@ -1130,6 +1511,7 @@ OnReply(
     case ST_EHLO:
 	if (r->code == 250) {
 	    SetObj(&s->caps, r->lines);
+	    s->helloStep = 0;
 	    if (s->opts->usetls && !s->tlsActive && !s->clearOnly
 		    && !s->opts->tlsimport
 		    && (SmtpHasExtension(s->caps, "STARTTLS", NULL)
@@ -1149,6 +1531,7 @@ OnReply(
     case ST_HELO:
 	if (r->code == 250) {
 	    SetObj(&s->caps, Tcl_NewListObj(0, NULL));
+	    s->helloStep = 0;
 	    AfterHello(s);
 	} else {
 	    ServerFailed(s, "EHLO", Tcl_ObjPrintf("HELO: %d %s", r->code,
@@ -1170,6 +1553,9 @@ OnReply(
     case ST_ONEX:
     case ST_QUED:
 	AfterHello(s);
+	break;
+    case ST_AUTH:
+	OnAuthReply(s, r);
 	break;
     case ST_MAIL:
 	s->mailCode = r->code;

@@ -171,10 +171,45 @@ ReplyParseObjCmd(
     return TCL_OK;
 }
 
+/*
+ * ::smtp::internal::loopback bool
+ *
+ * With 0, servers on loopback addresses are treated as remote in this
+ * interpreter (for the tests of the rule that keeps credentials off clear
+ * connections to remote servers).
+ */
+
+static int
+LoopbackObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    int on;
+
+    (void) clientData;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "boolean");
+	return TCL_ERROR;
+    }
+    if (Tcl_GetBooleanFromObj(interp, objv[1], &on) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    if (on) {
+	Tcl_DeleteAssocData(interp, SMTP_NOLOOPBACK_KEY);
+    } else {
+	Tcl_SetAssocData(interp, SMTP_NOLOOPBACK_KEY, NULL, (void *) interp);
+    }
+    return TCL_OK;
+}
+
 void
 SmtpTestInit(
     Tcl_Interp *interp)
 {
+    Tcl_CreateObjCommand(interp, "::smtp::internal::loopback",
+	    LoopbackObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::dataencode",
 	    DataEncodeObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::datasize",
