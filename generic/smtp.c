@@ -27,11 +27,12 @@ Smtp_Init(
 	return TCL_ERROR;
     }
     if (Tcl_Eval(interp, "namespace eval ::smtp {namespace export"
-	    " sendmessage}; namespace eval ::smtp::internal {}") != TCL_OK) {
+	    " sendmessage cancel}; namespace eval ::smtp::internal {}") != TCL_OK) {
 	return TCL_ERROR;
     }
     Tcl_CreateObjCommand(interp, "::smtp::sendmessage",
 	    SmtpSendmessageObjCmd, NULL, NULL);
+    SmtpAsyncInit(interp);
     SmtpTestInit(interp);
     SmtpSaslTestInit(interp);
     return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);

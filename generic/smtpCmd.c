@@ -656,19 +656,20 @@ SetMessageBody(
 }
 
 enum {
-    OPT_ATLEASTONE, OPT_AUTHMECHS, OPT_CHUNKING, OPT_CLIENT, OPT_DEBUG, OPT_DSNENVID,
+    OPT_ATLEASTONE, OPT_AUTHMECHS, OPT_CHUNKING, OPT_CLIENT, OPT_COMMAND,
+    OPT_DEBUG, OPT_DSNENVID,
     OPT_DSNNOTIFY, OPT_DSNORCPT, OPT_DSNRET, OPT_HEADER, OPT_MAXSECS,
     OPT_OAUTHTOKEN, OPT_ORIGINATOR, OPT_PASSWORD, OPT_PORTS, OPT_PROTOCOL,
-    OPT_QUEUE,
-    OPT_RECIPIENTS, OPT_SERVERS, OPT_TIMEOUT, OPT_TLSIMPORT,
+    OPT_PROGRESS, OPT_QUEUE, OPT_RECIPIENTS, OPT_SERVERS, OPT_TIMEOUT, OPT_TLSIMPORT,
     OPT_TLSOPTIONS, OPT_TLSPOLICY, OPT_USETLS, OPT_USERNAME
 };
 
 static const char *const optionNames[] = {
-    "-atleastone", "-authmechs", "-chunking", "-client", "-debug", "-dsnenvid",
+    "-atleastone", "-authmechs", "-chunking", "-client", "-command",
+    "-debug", "-dsnenvid",
     "-dsnnotify", "-dsnorcpt", "-dsnret", "-header", "-maxsecs",
     "-oauthtoken", "-originator", "-password", "-ports", "-protocol",
-    "-queue",
+    "-progress", "-queue",
     "-recipients", "-servers", "-timeout", "-tlsimport",
     "-tlsoptions", "-tlspolicy", "-usetls", "-username", NULL
 };
@@ -742,6 +743,8 @@ typedef struct Call_ {
     Tcl_Obj *bodies[2];		/* The messages as mime wrote them. */
     SmtpMessage msgs[2];
     int nmsgs;
+    Tcl_Obj *command;		/* -command: send in the background. */
+    Tcl_Obj *progress;		/* -progress. */
 } SendCall;
 
 static void
@@ -774,6 +777,8 @@ SendCallFree(
     Hold(&c->opts.dsnenvid, NULL);
     Hold(&c->opts.authmechs, NULL);
     Hold(&c->opts.oauthtoken, NULL);
+    Hold(&c->command, NULL);
+    Hold(&c->progress, NULL);
     Hold(&c->opts.username, NULL);
     Hold(&c->opts.password, NULL);
     HeadersFree(&c->h);
@@ -786,6 +791,14 @@ SendCallFree(
 	Hold(&c->bodies[i], NULL);
 	SmtpSourceClose(&c->msgs[i].body);
     }
+}
+
+static void
+SendCallFreeHeap(
+    void *cd)
+{
+    SendCallFree((SendCall *) cd);
+    ckfree(cd);
 }
 
 /*
@@ -881,6 +894,12 @@ ParseOptions(
 	    break;
 	case OPT_OAUTHTOKEN:
 	    Hold(&c->opts.oauthtoken, value);
+	    break;
+	case OPT_COMMAND:
+	    Hold(&c->command, Tcl_GetCharLength(value) ? value : NULL);
+	    break;
+	case OPT_PROGRESS:
+	    Hold(&c->progress, Tcl_GetCharLength(value) ? value : NULL);
 	    break;
 	case OPT_AUTHMECHS: {
 	    Tcl_Size n, k;
@@ -1359,7 +1378,20 @@ SmtpSendmessageObjCmd(
 	}
 	c.opts.multiple = bccP;
 	Tcl_ResetResult(interp);
+	if (c.command) {
+	    /* The send outlives this call: its state moves to the heap. */
+	    SendCall *heap = (SendCall *) ckalloc(sizeof(SendCall));
+
+	    *heap = c;
+	    Tcl_DStringFree(&bccM);
+	    return SmtpAsyncStart(interp, &heap->opts, heap->msgs,
+		    heap->nmsgs, heap->command, heap->progress,
+		    SendCallFreeHeap, heap);
+	}
 	sess = SmtpSessionNew(interp, &c.opts, c.msgs, c.nmsgs);
+	if (c.progress) {
+	    SmtpSessionSetProgress(sess, c.progress);
+	}
 	code = SmtpSessionRun(sess);
 	SmtpSessionFree(sess);
     }

@@ -188,6 +188,25 @@ SmtpSession *	SmtpSessionNew(Tcl_Interp *interp, SmtpOptions *opts,
 int		SmtpSessionRun(SmtpSession *s);
 void		SmtpSessionFree(SmtpSession *s);
 
+typedef void (SmtpDoneProc)(SmtpSession *s, void *cd);
+
+void		SmtpSessionStart(SmtpSession *s, SmtpDoneProc *done,
+		    void *cd);
+void		SmtpSessionSetProgress(SmtpSession *s, Tcl_Obj *cmd);
+int		SmtpSessionResult(SmtpSession *s, Tcl_Obj **refusedPtr,
+		    Tcl_Obj **replyPtr, Tcl_Obj **msgPtr, Tcl_Obj **codePtr);
+void		SmtpSessionCancel(SmtpSession *s);
+
+/*
+ * smtpAsync.c: sends in the background (-command), smtp::cancel.
+ */
+
+int		SmtpAsyncStart(Tcl_Interp *interp, SmtpOptions *opts,
+		    SmtpMessage *msgs, int nmsgs, Tcl_Obj *command,
+		    Tcl_Obj *progress, void (*freeProc)(void *),
+		    void *freeData);
+void		SmtpAsyncInit(Tcl_Interp *interp);
+
 /*
  * smtpConn.c: transport over a Tcl channel, driven by the event loop.
  */

@@ -86,6 +86,13 @@ struct SmtpSession {
 
     int finished;
     int code;			/* TCL_OK or TCL_ERROR when finished. */
+    SmtpDoneProc *done;		/* Asynchronous: called when finished. */
+    void *doneCd;
+    Tcl_Obj *progress;		/* -progress command, or NULL. */
+    Tcl_WideInt sent;		/* Message bytes written so far. */
+    Tcl_WideInt lastSent;	/* ... when progress was last reported. */
+    long long lastTime;		/* ... and when, in milliseconds. */
+    Tcl_Obj *lastReply;		/* The final reply to the message. */
     Tcl_Obj *errMsg;
     Tcl_Obj *errCode;
 };
@@ -107,6 +114,8 @@ static void	StartTls(SmtpSession *s);
 static void	TlsRefused(SmtpSession *s, int code, Tcl_Obj *text,
 		    Tcl_Obj *why, int handshake);
 static void	AfterHello(SmtpSession *s);
+static void	MarkDone(SmtpSession *s);
+static void	DoneIdle(void *cd);
 
 /*
  * Writes a line of the dialogue to stderr when -debug is on.
@@ -211,7 +220,39 @@ SmtpSessionFree(
     SetObj(&s->errMsg, NULL);
     SetObj(&s->errCode, NULL);
     SmtpTlsContextFree(s->ctx);
+    SetObj(&s->progress, NULL);
+    SetObj(&s->lastReply, NULL);
+    if (s->done) {
+	Tcl_CancelIdleCall(DoneIdle, s);
+    }
     ckfree(s);
+}
+
+/*
+ * Called (from the event loop, never in the middle of a callback) when an
+ * asynchronous session has finished.
+ */
+
+static void
+DoneIdle(
+    void *cd)
+{
+    SmtpSession *s = (SmtpSession *) cd;
+
+    s->done(s, s->doneCd);
+}
+
+static void
+MarkDone(
+    SmtpSession *s)
+{
+    if (s->finished) {
+	return;
+    }
+    s->finished = 1;
+    if (s->done) {
+	Tcl_DoWhenIdle(DoneIdle, s);
+    }
 }
 
 /*
@@ -225,7 +266,7 @@ Finish(
     CloseConn(s);
     s->state = ST_DONE;
     s->code = TCL_OK;
-    s->finished = 1;
+    MarkDone(s);
 }
 
 /*
@@ -290,7 +331,7 @@ BccFailed(
     Abort(s);
     s->state = ST_DONE;
     s->code = TCL_OK;
-    s->finished = 1;
+    MarkDone(s);
 }
 
 /*
@@ -323,7 +364,7 @@ FailReply(
     Abort(s);
     s->state = ST_DONE;
     s->code = TCL_ERROR;
-    s->finished = 1;
+    MarkDone(s);
 }
 
 /*
@@ -366,7 +407,7 @@ FailLocal(
     }
     s->state = ST_DONE;
     s->code = TCL_ERROR;
-    s->finished = 1;
+    MarkDone(s);
 }
 
 /*
@@ -536,7 +577,7 @@ NoServer(
     SetObj(&s->errMsg, msg);
     s->state = ST_DONE;
     s->code = TCL_ERROR;
-    s->finished = 1;
+    MarkDone(s);
 }
 
 static void
@@ -838,7 +879,7 @@ EndTransactionDropped(
     CloseConn(s);
     s->state = ST_DONE;
     s->code = TCL_OK;
-    s->finished = 1;
+    MarkDone(s);
 }
 
 /*
@@ -857,6 +898,43 @@ AfterBody(
     s->lmtpIdx = 0;
     s->state = s->opts->lmtp ? ST_LMTP : ST_DOT;
     SmtpConnSetTimeout(s->conn, secs);
+}
+
+/*
+ * Tells -progress how far the message has gone: at most every 64 KB or
+ * 100 ms, and once at the end. An error in the command is reported in the
+ * background. Returns TCL_ERROR when the command cancelled the send.
+ */
+
+static int
+Progress(
+    SmtpSession *s)
+{
+    Tcl_Time now;
+    long long ms;
+    Tcl_Obj *cmd;
+
+    Tcl_GetTime(&now);
+    ms = (long long) now.sec * 1000 + now.usec / 1000;
+    if (!s->bodyDone && s->sent - s->lastSent < 65536
+	    && ms - s->lastTime < 100) {
+	return TCL_OK;
+    }
+    s->lastSent = s->sent;
+    s->lastTime = ms;
+    cmd = Tcl_DuplicateObj(s->progress);
+    Tcl_IncrRefCount(cmd);
+    Tcl_ListObjAppendElement(NULL, cmd, Tcl_NewWideIntObj(s->sent));
+    Tcl_ListObjAppendElement(NULL, cmd,
+	    Tcl_NewWideIntObj(s->msgs[s->cur].size));
+    Tcl_Preserve(s->interp);
+    if (Tcl_EvalObjEx(s->interp, cmd, TCL_EVAL_GLOBAL) != TCL_OK) {
+	Tcl_BackgroundException(s->interp, TCL_ERROR);
+    }
+    Tcl_ResetResult(s->interp);
+    Tcl_Release(s->interp);
+    Tcl_DecrRefCount(cmd);
+    return s->finished ? TCL_ERROR : TCL_OK;
 }
 
 /*
@@ -891,6 +969,7 @@ PumpBody(
 	    return;
 	}
 	s->bodyDone = st;
+	s->sent += (Tcl_WideInt) SmtpBufAvail(&s->raw);
 	s->out.pos = s->out.len = 0;
 	SmtpDataEncode(&s->enc, SmtpBufPtr(&s->raw), SmtpBufAvail(&s->raw),
 		&s->out);
@@ -910,6 +989,9 @@ PumpBody(
 	SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
 	if (SmtpConnFlush(s->conn) != TCL_OK) {
 	    OnClosed(s, SmtpConnError(s->conn));
+	    return;
+	}
+	if (s->progress && Progress(s) != TCL_OK) {
 	    return;
 	}
     }
@@ -932,6 +1014,8 @@ static void
 StartBody(
     SmtpSession *s)
 {
+    s->sent = s->lastSent = 0;
+    s->lastTime = 0;
     s->state = ST_BODY;
     s->bodyDone = 0;
     s->bdatPending = 0;
@@ -963,6 +1047,8 @@ OnBdatReply(
 	return;
     }
     if (s->bdatPending == 0) {
+	SetObj(&s->lastReply, Tcl_ObjPrintf("%d %s", r->code,
+		Tcl_GetString(SmtpReplyDiagnostic(r))));
 	AfterBody(s);
 	if (!s->opts->lmtp) {
 	    EndTransaction(s);
@@ -1643,6 +1729,8 @@ OnReply(
 	break;
     case ST_DOT:
 	if (r->code == 250 || r->code == 251) {
+	    SetObj(&s->lastReply, Tcl_ObjPrintf("%d %s", r->code,
+		    Tcl_GetString(SmtpReplyDiagnostic(r))));
 	    EndTransaction(s);
 	} else {
 	    FailReply(s, "DATA", r);
@@ -1663,6 +1751,8 @@ OnReply(
 	    Tcl_ListObjAppendElement(NULL, s->txRefused, entry);
 	}
 	if (++s->lmtpIdx >= na) {
+	    SetObj(&s->lastReply, Tcl_ObjPrintf("%d %s", r->code,
+		    Tcl_GetString(SmtpReplyDiagnostic(r))));
 	    EndTransaction(s);
 	} else {
 	    SmtpConnSetTimeout(s->conn, s->opts->maxsecs > WAIT_MAX
@@ -1917,4 +2007,75 @@ SmtpSessionRun(
     Tcl_SetObjResult(s->interp, s->errMsg);
     Tcl_SetObjErrorCode(s->interp, s->errCode);
     return TCL_ERROR;
+}
+
+/*
+ * Starts the session and returns at once; 'done' is called from the event
+ * loop when it has finished (SmtpSessionResult then tells how).
+ */
+
+void
+SmtpSessionStart(
+    SmtpSession *s,
+    SmtpDoneProc *done,
+    void *cd)
+{
+    s->done = done;
+    s->doneCd = cd;
+    TryNextServer(s);
+}
+
+void
+SmtpSessionSetProgress(
+    SmtpSession *s,
+    Tcl_Obj *cmd)
+{
+    SetObj(&s->progress, cmd);
+}
+
+/*
+ * How a finished session ended: TCL_OK with the refused recipients and
+ * the final reply, or TCL_ERROR with the message and error code. The
+ * objects belong to the session.
+ */
+
+int
+SmtpSessionResult(
+    SmtpSession *s,
+    Tcl_Obj **refusedPtr,
+    Tcl_Obj **replyPtr,
+    Tcl_Obj **msgPtr,
+    Tcl_Obj **codePtr)
+{
+    *refusedPtr = s->refused;
+    *replyPtr = s->lastReply;
+    *msgPtr = s->errMsg;
+    *codePtr = s->errCode;
+    return s->code;
+}
+
+/*
+ * Stops a session that has not finished: a transaction under way is
+ * reset (RSET, QUIT) and the connection closed. Its 'done' still comes.
+ */
+
+void
+SmtpSessionCancel(
+    SmtpSession *s)
+{
+    if (s->finished) {
+	return;
+    }
+    if (s->conn && s->state >= ST_GREETING && s->state != ST_BODY
+	    && s->state != ST_TLS) {
+	Abort(s);
+    } else {
+	CloseConn(s);
+    }
+    SetObj(&s->errMsg, Tcl_NewStringObj("cancelled", -1));
+    SetObj(&s->errCode, Tcl_NewStringObj("SMTP CANCELLED {} {} cancelled",
+	    -1));
+    s->state = ST_DONE;
+    s->code = TCL_BREAK;
+    MarkDone(s);
 }
