@@ -27,11 +27,13 @@ Smtp_Init(
 	return TCL_ERROR;
     }
     if (Tcl_Eval(interp, "namespace eval ::smtp {namespace export"
-	    " sendmessage cancel}; namespace eval ::smtp::internal {}") != TCL_OK) {
+	    " sendmessage session cancel}; namespace eval ::smtp::internal {}") != TCL_OK) {
 	return TCL_ERROR;
     }
     Tcl_CreateObjCommand(interp, "::smtp::sendmessage",
 	    SmtpSendmessageObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::smtp::session", SmtpSessionObjCmd,
+	    NULL, NULL);
     SmtpAsyncInit(interp);
     SmtpTestInit(interp);
     SmtpSaslTestInit(interp);

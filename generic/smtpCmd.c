@@ -1299,31 +1299,24 @@ EnvelopeRules(
 }
 
 /*
- * ::smtp::sendmessage token ?option value ...?
- *
- * Sends the MIME part 'token' and returns the list of refused recipients,
- * each {address code diagnostic}.
+ * Everything a send does before talking to a server: the options, the
+ * envelope and header rules, and the messages. objv[1] is the token and
+ * the options follow. Returns a SendCall (to be freed with
+ * SendCallFreeHeap), or NULL with the error in the interpreter.
  */
 
-int
-SmtpSendmessageObjCmd(
-    void *clientData,
+static SendCall *
+PrepareSend(
     Tcl_Interp *interp,
     int objc,
     Tcl_Obj *const objv[])
 {
-    SendCall c;
+    SendCall c, *heap;
     Tcl_Obj *part, *names = NULL;
     int origP = 0, bccP = 0, code;
     Tcl_DString bccM;
     Saved saved;
-    SmtpSession *sess;
 
-    (void) clientData;
-    if (objc < 2) {
-	Tcl_WrongNumArgs(interp, 1, objv, "token ?option value ...?");
-	return TCL_ERROR;
-    }
     part = objv[1];
     memset(&c, 0, sizeof(c));
     HeadersInit(&c.h);
@@ -1378,24 +1371,443 @@ SmtpSendmessageObjCmd(
 	}
 	c.opts.multiple = bccP;
 	Tcl_ResetResult(interp);
-	if (c.command) {
-	    /* The send outlives this call: its state moves to the heap. */
-	    SendCall *heap = (SendCall *) ckalloc(sizeof(SendCall));
-
-	    *heap = c;
-	    Tcl_DStringFree(&bccM);
-	    return SmtpAsyncStart(interp, &heap->opts, heap->msgs,
-		    heap->nmsgs, heap->command, heap->progress,
-		    SendCallFreeHeap, heap);
-	}
-	sess = SmtpSessionNew(interp, &c.opts, c.msgs, c.nmsgs);
-	if (c.progress) {
-	    SmtpSessionSetProgress(sess, c.progress);
-	}
-	code = SmtpSessionRun(sess);
-	SmtpSessionFree(sess);
     }
     Tcl_DStringFree(&bccM);
-    SendCallFree(&c);
+    if (code != TCL_OK) {
+	SendCallFree(&c);
+	return NULL;
+    }
+    heap = (SendCall *) ckalloc(sizeof(SendCall));
+    *heap = c;
+    return heap;
+}
+
+/*
+ * ::smtp::sendmessage token ?option value ...?
+ *
+ * Sends the MIME part 'token' and returns the list of refused recipients,
+ * each {address code diagnostic}; with -command, returns a handle at once.
+ */
+
+int
+SmtpSendmessageObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    SendCall *c;
+    SmtpSession *sess;
+    int code;
+
+    (void) clientData;
+    if (objc < 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "token ?option value ...?");
+	return TCL_ERROR;
+    }
+    c = PrepareSend(interp, objc, objv);
+    if (c == NULL) {
+	return TCL_ERROR;
+    }
+    if (c->command) {
+	return SmtpAsyncStart(interp, &c->opts, c->msgs, c->nmsgs,
+		c->command, c->progress, SendCallFreeHeap, c);
+    }
+    sess = SmtpSessionNew(interp, &c->opts, c->msgs, c->nmsgs);
+    if (c->progress) {
+	SmtpSessionSetProgress(sess, c->progress);
+    }
+    code = SmtpSessionRun(sess);
+    SmtpSessionFree(sess);
+    SendCallFreeHeap(c);
     return code;
+}
+
+/*
+ * ----------------------------------------------------------------------
+ * smtp::session: one connection for many messages.
+ * ----------------------------------------------------------------------
+ */
+
+/* The options that belong to the connection, not to one message. */
+static const char *const sessionOptions[] = {
+    "-authmechs", "-chunking", "-client", "-debug", "-oauthtoken",
+    "-password", "-ports", "-protocol", "-queue", "-servers", "-timeout",
+    "-tlsimport", "-tlsoptions", "-tlspolicy", "-usetls", "-username", NULL
+};
+
+typedef struct SessionObj {
+    Tcl_Interp *interp;
+    Tcl_Command token;
+    Tcl_Obj *options;		/* Connection options, as given. */
+    SmtpSession *sess;		/* Made by the first send. */
+    SendCall *current;		/* The last send (the session uses its
+				 * options and messages). */
+    int busy;			/* A send is under way. */
+    int deleted;		/* The command went during a send. */
+} SessionObj;
+
+static unsigned long sessionCounter;	/* Guarded by sessionMutex. */
+TCL_DECLARE_MUTEX(sessionMutex)
+
+/*
+ * Checks that every option of objv (pairs) is a connection option (want
+ * 1) or a message option (want 0).
+ */
+
+static int
+CheckOptionKind(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[],
+    int want,
+    const char *where)
+{
+    int i;
+
+    if (objc % 2) {
+	return OptionError(interp, Tcl_ObjPrintf(
+		"Each option must have a value!  Invalid option list: %s",
+		Tcl_GetString(Tcl_NewListObj(objc, objv))));
+    }
+    for (i = 0; i < objc; i += 2) {
+	int idx, isConn = Tcl_GetIndexFromObj(NULL, objv[i], sessionOptions,
+		"option", TCL_EXACT, &idx) == TCL_OK;
+
+	if (isConn != want) {
+	    if (Tcl_GetIndexFromObj(NULL, objv[i], optionNames, "option",
+		    TCL_EXACT, &idx) != TCL_OK) {
+		return OptionError(interp, Tcl_ObjPrintf("unknown option %s",
+			Tcl_GetString(objv[i])));
+	    }
+	    return OptionError(interp, Tcl_ObjPrintf("%s is an option of %s",
+		    Tcl_GetString(objv[i]), want ? "each send, not of the"
+		    " session" : "the session: use configure"));
+	}
+    }
+    (void) where;
+    return TCL_OK;
+}
+
+static int	SessionValidate(Tcl_Interp *interp, Tcl_Obj *options);
+
+static void
+SessionDrop(
+    SessionObj *so,
+    int polite)
+{
+    if (so->sess) {
+	if (polite) {
+	    SmtpSessionClose(so->sess);
+	}
+	SmtpSessionFree(so->sess);
+	so->sess = NULL;
+    }
+    if (so->current) {
+	SendCallFreeHeap(so->current);
+	so->current = NULL;
+    }
+}
+
+static void
+SessionFree(
+    SessionObj *so)
+{
+    SessionDrop(so, 0);
+    Tcl_DecrRefCount(so->options);
+    Tcl_EventuallyFree(so, TCL_DYNAMIC);
+}
+
+static void
+SessionDeleted(
+    void *cd)
+{
+    SessionObj *so = (SessionObj *) cd;
+
+    if (so->busy) {
+	/* The send under way ends now; it frees the session after. */
+	so->deleted = 1;
+	SmtpSessionCancel(so->sess);
+	return;
+    }
+    SessionFree(so);
+}
+
+/*
+ * $s send token ?option value ...?
+ */
+
+static int
+SessionSend(
+    SessionObj *so,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Obj **copts, *list;
+    Tcl_Size nc;
+    SendCall *c, *old;
+    int code;
+
+    if (objc < 3) {
+	Tcl_WrongNumArgs(interp, 2, objv, "token ?option value ...?");
+	return TCL_ERROR;
+    }
+    if (CheckOptionKind(interp, objc - 3, objv + 3, 0, "send") != TCL_OK) {
+	return TCL_ERROR;
+    }
+    if (so->busy) {
+	Tcl_SetObjResult(interp, Tcl_NewStringObj("the session is busy with"
+		" another send", -1));
+	Tcl_SetErrorCode(interp, "SMTP", "BUSY", NULL);
+	return TCL_ERROR;
+    }
+    /* sendmessage's view: the token, the session's options, the send's. */
+    list = Tcl_NewListObj(2, objv + 1);
+    Tcl_IncrRefCount(list);
+    Tcl_ListObjGetElements(NULL, so->options, &nc, &copts);
+    Tcl_ListObjReplace(NULL, list, 2, 0, nc, copts);
+    Tcl_ListObjReplace(NULL, list, 2 + nc, 0, objc - 3, objv + 3);
+    {
+	Tcl_Size n;
+	Tcl_Obj **elems;
+
+	Tcl_ListObjGetElements(NULL, list, &n, &elems);
+	c = PrepareSend(interp, (int) n, elems);
+    }
+    Tcl_DecrRefCount(list);
+    if (c == NULL) {
+	return TCL_ERROR;
+    }
+    if (c->command) {
+	SendCallFreeHeap(c);
+	Tcl_SetObjResult(interp, Tcl_NewStringObj("-command is not"
+		" supported by session sends in this release", -1));
+	Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
+	return TCL_ERROR;
+    }
+    c->opts.multiple = 1;
+    if (so->sess == NULL) {
+	so->sess = SmtpSessionNew(interp, &c->opts, c->msgs, c->nmsgs);
+	SmtpSessionKeepOpen(so->sess);
+    }
+    SmtpSessionSetProgress(so->sess, c->progress);
+    old = so->current;
+    so->current = c;
+    SmtpSessionSubmit(so->sess, &c->opts, c->msgs, c->nmsgs);
+    if (old) {
+	SendCallFreeHeap(old);
+    }
+    so->busy = 1;
+    Tcl_Preserve(so);
+    code = SmtpSessionWait(so->sess);
+    so->busy = 0;
+    if (so->deleted) {
+	SessionFree(so);
+    }
+    Tcl_Release(so);
+    return code;
+}
+
+/*
+ * $s configure ?option ?value ...??, $s cget option: the connection
+ * options. A change applies from the next connection: the current one
+ * is closed.
+ */
+
+static int
+SessionConfigure(
+    SessionObj *so,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[],
+    int cget)
+{
+    Tcl_Obj *dict, *v = NULL, *merged;
+    Tcl_Size i, n;
+    Tcl_Obj **elems;
+
+    if (cget && objc != 3) {
+	Tcl_WrongNumArgs(interp, 2, objv, "option");
+	return TCL_ERROR;
+    }
+    dict = Tcl_NewDictObj();
+    Tcl_IncrRefCount(dict);
+    Tcl_ListObjGetElements(NULL, so->options, &n, &elems);
+    for (i = 0; i + 1 < n; i += 2) {
+	Tcl_DictObjPut(NULL, dict, elems[i], elems[i + 1]);
+    }
+    if (objc == 2) {
+	Tcl_SetObjResult(interp, dict);
+	Tcl_DecrRefCount(dict);
+	return TCL_OK;
+    }
+    if (objc == 3) {
+	int idx;
+
+	if (Tcl_GetIndexFromObj(interp, objv[2], sessionOptions, "option",
+		TCL_EXACT, &idx) != TCL_OK) {
+	    Tcl_DecrRefCount(dict);
+	    return TCL_ERROR;
+	}
+	Tcl_DictObjGet(NULL, dict, objv[2], &v);
+	Tcl_SetObjResult(interp, v ? v : Tcl_NewObj());
+	Tcl_DecrRefCount(dict);
+	return TCL_OK;
+    }
+    if (CheckOptionKind(interp, objc - 2, objv + 2, 1, "session")
+	    != TCL_OK) {
+	Tcl_DecrRefCount(dict);
+	return TCL_ERROR;
+    }
+    if (so->busy) {
+	Tcl_DecrRefCount(dict);
+	Tcl_SetObjResult(interp, Tcl_NewStringObj("the session is busy with"
+		" a send", -1));
+	Tcl_SetErrorCode(interp, "SMTP", "BUSY", NULL);
+	return TCL_ERROR;
+    }
+    for (i = 2; i < objc; i += 2) {
+	Tcl_DictObjPut(NULL, dict, objv[i], objv[i + 1]);
+    }
+    merged = Tcl_NewListObj(0, NULL);
+    {
+	Tcl_DictSearch search;
+	Tcl_Obj *k, *val;
+	int done;
+
+	Tcl_DictObjFirst(NULL, dict, &search, &k, &val, &done);
+	for (; !done; Tcl_DictObjNext(&search, &k, &val, &done)) {
+	    Tcl_ListObjAppendElement(NULL, merged, k);
+	    Tcl_ListObjAppendElement(NULL, merged, val);
+	}
+    }
+    Tcl_DecrRefCount(dict);
+    if (SessionValidate(interp, merged) != TCL_OK) {
+	Tcl_DecrRefCount(merged);
+	return TCL_ERROR;
+    }
+    Tcl_IncrRefCount(merged);
+    Tcl_DecrRefCount(so->options);
+    so->options = merged;
+    SessionDrop(so, 1);
+    return TCL_OK;
+}
+
+static int
+SessionObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    static const char *const subs[] = {
+	"cget", "close", "configure", "send", NULL
+    };
+    SessionObj *so = (SessionObj *) clientData;
+    int idx;
+
+    if (objc < 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "subcommand ?arg ...?");
+	return TCL_ERROR;
+    }
+    if (Tcl_GetIndexFromObj(interp, objv[1], subs, "subcommand", 0, &idx)
+	    != TCL_OK) {
+	return TCL_ERROR;
+    }
+    switch (idx) {
+    case 0:
+	return SessionConfigure(so, interp, objc, objv, 1);
+    case 1:
+	if (objc != 2) {
+	    Tcl_WrongNumArgs(interp, 2, objv, NULL);
+	    return TCL_ERROR;
+	}
+	if (so->busy) {
+	    Tcl_SetObjResult(interp, Tcl_NewStringObj("the session is busy"
+		    " with a send", -1));
+	    Tcl_SetErrorCode(interp, "SMTP", "BUSY", NULL);
+	    return TCL_ERROR;
+	}
+	SessionDrop(so, 1);
+	Tcl_DeleteCommandFromToken(interp, so->token);
+	return TCL_OK;
+    case 2:
+	return SessionConfigure(so, interp, objc, objv, 0);
+    default:
+	return SessionSend(so, interp, objc, objv);
+    }
+}
+
+/*
+ * Checks a session's options with sendmessage's own parser.
+ */
+
+static int
+SessionValidate(
+    Tcl_Interp *interp,
+    Tcl_Obj *options)
+{
+    SendCall c;
+    Tcl_Obj *list, **elems;
+    Tcl_Size n;
+    int origP = 0, code;
+
+    list = Tcl_NewListObj(0, NULL);
+    Tcl_IncrRefCount(list);
+    Tcl_ListObjAppendElement(NULL, list, S("session"));
+    Tcl_ListObjAppendElement(NULL, list, S("token"));
+    Tcl_ListObjAppendList(NULL, list, options);
+    Tcl_ListObjGetElements(NULL, list, &n, &elems);
+    if (CheckOptionKind(interp, (int) n - 2, elems + 2, 1, "session")
+	    != TCL_OK) {
+	Tcl_DecrRefCount(list);
+	return TCL_ERROR;
+    }
+    memset(&c, 0, sizeof(c));
+    HeadersInit(&c.h);
+    Hold(&c.opts.servers, S("localhost"));
+    Hold(&c.opts.ports, S("25"));
+    code = ParseOptions(interp, (int) n, elems, &c, &origP);
+    SendCallFree(&c);
+    Tcl_DecrRefCount(list);
+    return code;
+}
+
+/*
+ * ::smtp::session ?option value ...?
+ *
+ * Makes a session command; its connection opens with the first send.
+ */
+
+int
+SmtpSessionObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    SessionObj *so;
+    Tcl_Obj *options = Tcl_NewListObj(objc - 1, objv + 1);
+    char name[48];
+    unsigned long id;
+
+    (void) clientData;
+    Tcl_IncrRefCount(options);
+    if (SessionValidate(interp, options) != TCL_OK) {
+	Tcl_DecrRefCount(options);
+	return TCL_ERROR;
+    }
+    Tcl_MutexLock(&sessionMutex);
+    id = ++sessionCounter;
+    Tcl_MutexUnlock(&sessionMutex);
+    snprintf(name, sizeof(name), "::smtp::session%lu", id);
+    so = (SessionObj *) ckalloc(sizeof(SessionObj));
+    memset(so, 0, sizeof(SessionObj));
+    so->interp = interp;
+    so->options = options;
+    so->token = Tcl_CreateObjCommand(interp, name, SessionObjCmd, so,
+	    SessionDeleted);
+    Tcl_SetObjResult(interp, Tcl_NewStringObj(name, -1));
+    return TCL_OK;
 }

@@ -178,6 +178,8 @@ typedef enum SmtpState {
     ST_STARTTLS, ST_ONEX, ST_AUTH,
     ST_QUED, ST_MAIL, ST_RCPT, ST_DATA, ST_BODY, ST_DOT, ST_LMTP, ST_RSET,
     ST_QUIT,
+    ST_READY,			/* Kept open between messages (sessions). */
+    ST_RSETNEXT,		/* RSET before the next message. */
     ST_DONE
 } SmtpState;
 
@@ -196,6 +198,12 @@ void		SmtpSessionSetProgress(SmtpSession *s, Tcl_Obj *cmd);
 int		SmtpSessionResult(SmtpSession *s, Tcl_Obj **refusedPtr,
 		    Tcl_Obj **replyPtr, Tcl_Obj **msgPtr, Tcl_Obj **codePtr);
 void		SmtpSessionCancel(SmtpSession *s);
+void		SmtpSessionKeepOpen(SmtpSession *s);
+void		SmtpSessionSubmit(SmtpSession *s, SmtpOptions *opts,
+		    SmtpMessage *msgs, int nmsgs);
+int		SmtpSessionWait(SmtpSession *s);
+void		SmtpSessionClose(SmtpSession *s);
+int		SmtpSessionConnected(SmtpSession *s);
 
 /*
  * smtpAsync.c: sends in the background (-command), smtp::cancel.
@@ -271,6 +279,7 @@ void		SmtpPlatformNoDelay(Tcl_Channel chan);
  */
 
 Tcl_ObjCmdProc	SmtpSendmessageObjCmd;
+Tcl_ObjCmdProc	SmtpSessionObjCmd;
 
 /*
  * smtpTest.c: ::smtp::internal commands for the test suite.

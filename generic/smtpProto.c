@@ -93,6 +93,9 @@ struct SmtpSession {
     Tcl_WideInt lastSent;	/* ... when progress was last reported. */
     long long lastTime;		/* ... and when, in milliseconds. */
     Tcl_Obj *lastReply;		/* The final reply to the message. */
+    int keepOpen;		/* A session: stay connected after the
+				 * messages, for more. */
+    int retried;		/* Reconnected once for this submission. */
     Tcl_Obj *errMsg;
     Tcl_Obj *errCode;
 };
@@ -115,6 +118,7 @@ static void	TlsRefused(SmtpSession *s, int code, Tcl_Obj *text,
 		    Tcl_Obj *why, int handshake);
 static void	AfterHello(SmtpSession *s);
 static void	MarkDone(SmtpSession *s);
+static void	Reconnect(SmtpSession *s, Tcl_Obj *why);
 static void	DoneIdle(void *cd);
 
 /*
@@ -860,6 +864,12 @@ EndTransaction(
     SetObj(&s->txRefused, NULL);
     if (++s->cur < s->nmsgs) {
 	StartTransaction(s);
+    } else if (s->keepOpen) {
+	/* Done with these messages; the connection waits for more. */
+	s->state = ST_READY;
+	SmtpConnSetTimeout(s->conn, -1);
+	s->code = TCL_OK;
+	MarkDone(s);
     } else {
 	Send(s, ST_QUIT, WAIT_QUIT, "QUIT", 4);
     }
@@ -1763,6 +1773,19 @@ OnReply(
     case ST_RSET:
 	EndTransaction(s);
 	break;
+    case ST_READY:
+	/* Unasked: a 421 as the server goes away. Reconnect next time. */
+	CloseConn(s);
+	break;
+    case ST_RSETNEXT:
+	if (r->code == 250) {
+	    s->cur = 0;
+	    StartTransaction(s);
+	} else {
+	    Reconnect(s, Tcl_ObjPrintf("RSET: %d %s", r->code,
+		    Tcl_GetString(SmtpReplyDiagnostic(r))));
+	}
+	break;
     case ST_QUIT:
 	Finish(s);
 	break;
@@ -1777,6 +1800,33 @@ OnReply(
     default:
 	break;
     }
+}
+
+/*
+ * A kept-open connection turned out dead (closed, 421) before anything of
+ * the next message was sent: connect again, once. Nothing can be sent
+ * twice, since MAIL had not gone out.
+ */
+
+static void
+Reconnect(
+    SmtpSession *s,
+    Tcl_Obj *why)
+{
+    Tcl_IncrRefCount(why);
+    CloseConn(s);
+    if (s->retried) {
+	FailLocal(s, "EOF", Tcl_GetString(why));
+    } else {
+	if (s->opts->debug) {
+	    Debug(s, Tcl_ObjPrintf("    ... %s: connecting again ...",
+		    Tcl_GetString(why)));
+	}
+	s->retried = 1;
+	s->serverIdx = 0;
+	TryNextServer(s);
+    }
+    Tcl_DecrRefCount(why);
 }
 
 /*
@@ -1943,6 +1993,12 @@ OnClosed(
     case ST_QUIT:
 	Finish(s);
 	break;
+    case ST_READY:
+	CloseConn(s);
+	break;
+    case ST_RSETNEXT:
+	Reconnect(s, Tcl_NewStringObj(why, -1));
+	break;
     default:
 	FailLocal(s, "EOF", why);
 	break;
@@ -1976,6 +2032,9 @@ OnTimeout(
 	break;
     case ST_QUIT:
 	Finish(s);
+	break;
+    case ST_RSETNEXT:
+	Reconnect(s, Tcl_NewStringObj(why, -1));
 	break;
     case ST_BODY:
 	FailLocal(s, "TIMEOUT", "write to server timed out");
@@ -2078,4 +2137,105 @@ SmtpSessionCancel(
     s->state = ST_DONE;
     s->code = TCL_BREAK;
     MarkDone(s);
+}
+
+/*
+ * Sessions: one connection for many messages.
+ */
+
+void
+SmtpSessionKeepOpen(
+    SmtpSession *s)
+{
+    s->keepOpen = 1;
+}
+
+int
+SmtpSessionConnected(
+    SmtpSession *s)
+{
+    return s->conn != NULL && s->state == ST_READY;
+}
+
+/*
+ * Gives a session more messages (with the options of their send): over
+ * the open connection after RSET, or on a new one (reconnecting once when
+ * the kept one turns out dead). SmtpSessionWait then runs it.
+ */
+
+void
+SmtpSessionSubmit(
+    SmtpSession *s,
+    SmtpOptions *opts,
+    SmtpMessage *msgs,
+    int nmsgs)
+{
+    s->opts = opts;
+    s->msgs = msgs;
+    s->nmsgs = nmsgs;
+    s->cur = 0;
+    s->finished = 0;
+    s->code = TCL_OK;
+    s->retried = 0;
+    SetObj(&s->refused, Tcl_NewListObj(0, NULL));
+    SetObj(&s->errMsg, NULL);
+    SetObj(&s->errCode, NULL);
+    SetObj(&s->lastReply, NULL);
+    if (s->conn && s->state == ST_READY) {
+	Send(s, ST_RSETNEXT, WAIT_RSET, "RSET", 4);
+	return;
+    }
+    CloseConn(s);
+    SetObj(&s->tried, Tcl_NewListObj(0, NULL));
+    if (Tcl_ListObjGetElements(NULL, opts->servers, &s->nservers,
+	    &s->servers) != TCL_OK) {
+	s->nservers = 0;
+    }
+    if (Tcl_ListObjGetElements(NULL, opts->ports, &s->nports, &s->ports)
+	    != TCL_OK) {
+	s->nports = 0;
+    }
+    s->serverIdx = 0;
+    s->retried = 1;		/* A fresh connection: no second try. */
+    TryNextServer(s);
+}
+
+/*
+ * Runs the event loop until the submitted messages are done; the result
+ * or error goes to the interpreter as with SmtpSessionRun.
+ */
+
+int
+SmtpSessionWait(
+    SmtpSession *s)
+{
+    while (!s->finished) {
+	Tcl_DoOneEvent(TCL_ALL_EVENTS);
+    }
+    if (s->code == TCL_OK) {
+	Tcl_SetObjResult(s->interp, s->refused);
+	return TCL_OK;
+    }
+    Tcl_SetObjResult(s->interp, s->errMsg);
+    Tcl_SetObjErrorCode(s->interp, s->errCode);
+    return TCL_ERROR;
+}
+
+/*
+ * Says QUIT on a kept connection and waits (bounded) for the reply.
+ */
+
+void
+SmtpSessionClose(
+    SmtpSession *s)
+{
+    if (s->conn && s->state == ST_READY) {
+	s->keepOpen = 0;
+	s->finished = 0;
+	Send(s, ST_QUIT, WAIT_QUIT, "QUIT", 4);
+	while (!s->finished) {
+	    Tcl_DoOneEvent(TCL_ALL_EVENTS);
+	}
+    }
+    CloseConn(s);
 }

@@ -681,7 +681,11 @@ proc ::smtpd::Queue {srv n lines delay closeAfter} {
     upvar #0 [CVar $srv $n] C
     set due [expr {[clock milliseconds] + $delay}]
     lappend C(outq) [list $due $lines $closeAfter]
-    Flush $srv $n
+    # Replies to commands that came in one read leave in one write, as a
+    # pipelining server sends them (Readable flushes after Process).
+    if {!$C(reading)} {
+        Flush $srv $n
+    }
 }
 
 # Write out every queued reply that is due, in order.
@@ -782,6 +786,7 @@ proc ::smtpd::Accept {srv chan host port} {
         from {} rcpts {}
         commands {} tchunks {} reads 0 gotcmd 0 partial {}
         closed 0 closedby {} outq {} afterid {} hang 0 afterflush {}
+        reading 0
     }
     set C(chan) $chan
     set C(peer) [list $host $port]
@@ -874,7 +879,12 @@ proc ::smtpd::Readable {srv n} {
     }
     lappend C(tchunks) $data
     set C(gotcmd) 0
+    set C(reading) 1
     Process $srv $n $data
+    if {[info exists C(reading)]} {
+        set C(reading) 0
+        Flush $srv $n
+    }
     Notify $srv
 }
 
