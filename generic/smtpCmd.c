@@ -526,22 +526,24 @@ ApplyHeaders(
 }
 
 /*
- * Writes a token with mime::buildmessage; the result, with a reference
- * held, goes to *bodyOut.
+ * Makes the message a token stands for into m's body, size and eightbit
+ * (smtpMime.c; mime::buildmessage writes tokens of a shape it does not
+ * know).
  */
 
 static int
 BuildMessage(
     Tcl_Interp *interp,
     Tcl_Obj *part,
-    Tcl_Obj **bodyOut)
+    int debug,
+    SmtpMessage *m)
 {
-    return Call(interp, bodyOut, S("::mime::buildmessage"), part, NULL);
+    return SmtpMimeMessage(interp, part, debug, m);
 }
 
 /*
  * The blind-copy digest tcllib sends to Bcc recipients: the original as
- * message/rfc822 inside a multipart/digest. Returns its bytes.
+ * message/rfc822 inside a multipart/digest, made into m's body.
  */
 
 static int
@@ -551,7 +553,8 @@ BuildBccDigest(
     Tcl_Obj *originator,
     const char *bccM,
     Headers *h,
-    Tcl_Obj **bodyOut)
+    int debug,
+    SmtpMessage *m)
 {
     Tcl_Obj *inner = NULL, *outer = NULL, *subject, *date = NULL,
 	    *msgid = NULL, *subj;
@@ -599,7 +602,7 @@ BuildBccDigest(
 		S("-parts"), Tcl_NewListObj(1, &inner), NULL);
     }
     if (code == TCL_OK) {
-	code = BuildMessage(interp, outer, bodyOut);
+	code = BuildMessage(interp, outer, debug, m);
     }
     if (code != TCL_OK) {
 	Tcl_InterpState st = Tcl_SaveInterpState(interp, code);
@@ -634,25 +637,6 @@ BuildBccDigest(
 	Tcl_DecrRefCount(msgid);
     }
     return code;
-}
-
-/*
- * Makes the message's source from the bytes mime wrote, and its size.
- */
-
-static void
-SetMessageBody(
-    SmtpMessage *m,
-    Tcl_Obj *bytes)
-{
-    Tcl_Size len;
-    Tcl_DString scratch;
-    const unsigned char *p = SmtpGetBytes(bytes, &len, &scratch);
-
-    m->size = SmtpDataSize(p, (size_t) len);
-    m->eightbit = SmtpDataHas8bit(p, (size_t) len);
-    Tcl_DStringFree(&scratch);
-    SmtpSourceFromObj(&m->body, bytes);
 }
 
 enum {
@@ -740,7 +724,6 @@ typedef struct Call_ {
     Tcl_Obj *sender;
     Tcl_Obj *vrecipients;
     Tcl_Obj *brecipients;
-    Tcl_Obj *bodies[2];		/* The messages as mime wrote them. */
     SmtpMessage msgs[2];
     int nmsgs;
     Tcl_Obj *command;		/* -command: send in the background. */
@@ -788,7 +771,6 @@ SendCallFree(
     Hold(&c->vrecipients, NULL);
     Hold(&c->brecipients, NULL);
     for (i = 0; i < 2; i++) {
-	Hold(&c->bodies[i], NULL);
 	SmtpSourceClose(&c->msgs[i].body);
     }
 }
@@ -1347,11 +1329,11 @@ PrepareSend(
 	SaveToken(interp, part, &c.h, &saved);
 	code = ApplyHeaders(interp, part, &c.h);
 	if (code == TCL_OK) {
-	    code = BuildMessage(interp, part, &c.bodies[0]);
+	    code = BuildMessage(interp, part, c.opts.debug, &c.msgs[0]);
 	}
 	if (code == TCL_OK && bccP) {
 	    code = BuildBccDigest(interp, part, c.originator,
-		    Tcl_DStringValue(&bccM), &c.h, &c.bodies[1]);
+		    Tcl_DStringValue(&bccM), &c.h, c.opts.debug, &c.msgs[1]);
 	}
 	RestoreToken(interp, part, &saved);
     }
@@ -1359,11 +1341,9 @@ PrepareSend(
 	c.nmsgs = bccP ? 2 : 1;
 	c.msgs[0].sender = c.sender;
 	c.msgs[0].recipients = c.vrecipients;
-	SetMessageBody(&c.msgs[0], c.bodies[0]);
 	if (bccP) {
 	    c.msgs[1].sender = c.sender;
 	    c.msgs[1].recipients = c.brecipients;
-	    SetMessageBody(&c.msgs[1], c.bodies[1]);
 	}
 	if (c.opts.client == NULL || Tcl_GetCharLength(c.opts.client) == 0) {
 	    Hold(&c.opts.client, S(strcmp(Tcl_GetString(c.opts.servers),

@@ -51,21 +51,28 @@ SmtpDataHas8bit(
 }
 
 /*
- * Returns the length of the run of bytes from p that holds neither CR nor
- * LF.
+ * Returns the length of the run of bytes from p + i that holds neither CR
+ * nor LF. *lf caches where the next LF is (or p + n), so that a long
+ * stretch of bare CRs is not rescanned for LF each time.
  */
 
 static size_t
 PlainRun(
     const unsigned char *p,
-    size_t n)
+    size_t i,
+    size_t n,
+    const unsigned char **lf)
 {
-    size_t i = 0;
+    const unsigned char *cr;
 
-    while (i < n && p[i] != '\r' && p[i] != '\n') {
-	i++;
+    if (*lf == NULL || *lf < p + i) {
+	*lf = memchr(p + i, '\n', n - i);
+	if (*lf == NULL) {
+	    *lf = p + n;
+	}
     }
-    return i;
+    cr = memchr(p + i, '\r', (size_t) (*lf - (p + i)));
+    return (size_t) ((cr ? cr : *lf) - (p + i));
 }
 
 /*
@@ -80,6 +87,7 @@ SmtpDataEncode(
     SmtpBuf *out)
 {
     size_t i = 0;
+    const unsigned char *lf = NULL;
 
     /* Worst case: every byte a dot at a line start or a bare line end. */
     SmtpBufReserve(out, 2 * n + 2);
@@ -113,7 +121,7 @@ SmtpDataEncode(
 	if (e->bol && c == '.' && !e->bdat) {
 	    out->data[out->len++] = '.';
 	}
-	run = PlainRun(p + i, n - i);
+	run = PlainRun(p, i, n, &lf);
 	memcpy(out->data + out->len, p + i, run);
 	out->len += run;
 	i += run;
