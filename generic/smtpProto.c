@@ -2056,16 +2056,7 @@ SmtpSessionRun(
     SmtpSession *s)
 {
     TryNextServer(s);
-    while (!s->finished) {
-	Tcl_DoOneEvent(TCL_ALL_EVENTS);
-    }
-    if (s->code == TCL_OK) {
-	Tcl_SetObjResult(s->interp, s->refused);
-	return TCL_OK;
-    }
-    Tcl_SetObjResult(s->interp, s->errMsg);
-    Tcl_SetObjErrorCode(s->interp, s->errCode);
-    return TCL_ERROR;
+    return SmtpSessionWait(s);
 }
 
 /*
