@@ -10,6 +10,9 @@
 
 #include "smtpInt.h"
 #include <stdio.h>
+#ifdef HAVE_LIBIDN2
+#include <idn2.h>
+#endif
 
 /*
  * tcllib's bounds, in seconds, on each wait; no wait exceeds 600.
@@ -64,6 +67,8 @@ struct SmtpSession {
     char mailEnh[16];
     Tcl_Obj *mailText;
     Tcl_Obj *accepted;		/* Recipients accepted (for LMTP). */
+    Tcl_Obj *txSender;		/* Envelope addresses as sent (A-labels */
+    Tcl_Obj *txRcpts;		/* where the server lacks SMTPUTF8). */
     int lmtpIdx;		/* Next LMTP per-recipient reply. */
     int rcptIdx;		/* Next recipient reply of the transaction. */
     int helloStep;		/* Where AfterHello is: ONEX, QUED, AUTH. */
@@ -218,6 +223,8 @@ SmtpSessionFree(
     SetObj(&s->accepted, NULL);
     SetObj(&s->authList, NULL);
     SetObj(&s->authText, NULL);
+    SetObj(&s->txSender, NULL);
+    SetObj(&s->txRcpts, NULL);
     if (s->sasl) {
 	SmtpSaslFree(s->sasl);
     }
@@ -673,6 +680,57 @@ NeedsUtf8(
     return 0;
 }
 
+/*
+ * For a server without SMTPUTF8: an address whose domain is
+ * internationalised goes with the domain's A-labels (IDNA2008, through
+ * libidn2); a non-ASCII local part cannot be sent. Returns the address to
+ * send, or NULL with the reason in *whyPtr.
+ */
+
+static Tcl_Obj *
+AsciiAddress(
+    Tcl_Obj *addr,
+    Tcl_Obj **whyPtr)
+{
+    const char *p = Tcl_GetString(addr), *at = strrchr(p, '@');
+    size_t i;
+
+    if (!NeedsUtf8(addr)) {
+	return addr;
+    }
+    for (i = 0; at && p + i < at; i++) {
+	if ((unsigned char) p[i] >= 0x80) {
+	    break;
+	}
+    }
+    if (at == NULL || p + i < at) {
+	*whyPtr = Tcl_ObjPrintf("the address %s has a non-ASCII local part"
+		" and the server does not offer SMTPUTF8", p);
+	return NULL;
+    }
+#ifdef HAVE_LIBIDN2
+    {
+	char *ascii = NULL;
+	int rc = idn2_to_ascii_8z(at + 1, &ascii, IDN2_NONTRANSITIONAL);
+	Tcl_Obj *r;
+
+	if (rc != IDN2_OK) {
+	    *whyPtr = Tcl_ObjPrintf("the domain of %s is not a valid"
+		    " internationalised domain name: %s", p, idn2_strerror(rc));
+	    return NULL;
+	}
+	r = Tcl_ObjPrintf("%.*s@%s", (int) (at - p), p, ascii);
+	idn2_free(ascii);
+	return r;
+    }
+#else
+    *whyPtr = Tcl_ObjPrintf("the address %s has a non-ASCII domain, the"
+	    " server does not offer SMTPUTF8, and this build has no libidn2"
+	    " for A-labels", p);
+    return NULL;
+#endif
+}
+
 static Tcl_Obj *
 RcptCommand(
     SmtpSession *s,
@@ -760,11 +818,30 @@ StartTransaction(
 	    return;
 	}
     }
+    SetObj(&s->txSender, m->sender);
+    SetObj(&s->txRcpts, m->recipients);
     if (utf8 && !SmtpHasExtension(s->caps, "SMTPUTF8", NULL)) {
-	Refuse(s, "SMTPUTF8", Tcl_NewStringObj("an envelope address has"
-		" non-ASCII characters and the server does not offer"
-		" SMTPUTF8", -1));
-	return;
+	Tcl_Obj *why = NULL, *a, *list = Tcl_NewListObj(0, NULL);
+
+	Tcl_IncrRefCount(list);
+	a = AsciiAddress(m->sender, &why);
+	if (a) {
+	    SetObj(&s->txSender, a);
+	}
+	for (i = 0; a && i < s->nrcpts; i++) {
+	    a = AsciiAddress(rcpts[i], &why);
+	    if (a) {
+		Tcl_ListObjAppendElement(NULL, list, a);
+	    }
+	}
+	if (a == NULL) {
+	    Tcl_DecrRefCount(list);
+	    Refuse(s, "SMTPUTF8", why);
+	    return;
+	}
+	SetObj(&s->txRcpts, list);
+	Tcl_DecrRefCount(list);
+	utf8 = 0;
     }
     s->dsn = SmtpHasExtension(s->caps, "DSN", NULL);
     if (!s->dsn && s->opts->debug && (s->opts->dsnnotify || s->opts->dsnret
@@ -775,7 +852,7 @@ StartTransaction(
     s->pipelining = SmtpHasExtension(s->caps, "PIPELINING", NULL);
     s->chunking = s->opts->chunking && !s->opts->lmtp
 	    && SmtpHasExtension(s->caps, "CHUNKING", NULL);
-    cmd = Tcl_ObjPrintf("MAIL FROM:<%s>", Tcl_GetString(m->sender));
+    cmd = Tcl_ObjPrintf("MAIL FROM:<%s>", Tcl_GetString(s->txSender));
     if (SmtpHasExtension(s->caps, "SIZE", NULL)) {
 	Tcl_AppendPrintfToObj(cmd, " SIZE=%" TCL_LL_MODIFIER "d",
 		(long long) m->size);
@@ -804,6 +881,7 @@ StartTransaction(
     Tcl_IncrRefCount(cmd);
     Put(s, WAIT_MAIL, Tcl_GetString(cmd), -1);
     Tcl_DecrRefCount(cmd);
+    Tcl_ListObjGetElements(NULL, s->txRcpts, &n, &rcpts);
     if (s->pipelining) {
 	for (i = 0; i < s->nrcpts; i++) {
 	    Tcl_Obj *rc = RcptCommand(s, rcpts[i]);
@@ -826,7 +904,7 @@ SendRcpt(
 {
     Tcl_Obj *rcpt, *cmd;
 
-    Tcl_ListObjIndex(NULL, s->msgs[s->cur].recipients, s->rcptIdx, &rcpt);
+    Tcl_ListObjIndex(NULL, s->txRcpts, s->rcptIdx, &rcpt);
     cmd = RcptCommand(s, rcpt);
     Tcl_IncrRefCount(cmd);
     Send(s, ST_RCPT, WAIT_RCPT, Tcl_GetString(cmd), -1);
