@@ -26,13 +26,17 @@ typedef struct AsyncSend {
     Tcl_Obj *handle;
     void (*freeProc)(void *);	/* Frees what the session borrows. */
     void *freeData;
+    int ownsSession;		/* Free the session when done (not for a
+				 * smtp::session's send). */
 } AsyncSend;
 
 static void
 FreeSend(
     AsyncSend *as)
 {
-    SmtpSessionFree(as->sess);
+    if (as->ownsSession) {
+	SmtpSessionFree(as->sess);
+    }
     as->freeProc(as->freeData);
     Tcl_DecrRefCount(as->command);
     Tcl_DecrRefCount(as->handle);
@@ -122,6 +126,42 @@ SendDone(
 }
 
 /*
+ * Makes the record of a send in the background and its handle (left in
+ * the interpreter's result).
+ */
+
+static AsyncSend *
+Register(
+    Tcl_Interp *interp,
+    SmtpSession *sess,
+    int ownsSession,
+    Tcl_Obj *command,
+    void (*freeProc)(void *),
+    void *freeData)
+{
+    Registry *reg = GetRegistry(interp);
+    AsyncSend *as = (AsyncSend *) ckalloc(sizeof(AsyncSend));
+    int isNew;
+    char name[48];
+
+    snprintf(name, sizeof(name), "::smtp::send%lu", ++reg->counter);
+    as->interp = interp;
+    as->reg = reg;
+    as->sess = sess;
+    as->ownsSession = ownsSession;
+    as->command = command;
+    Tcl_IncrRefCount(command);
+    as->handle = Tcl_NewStringObj(name, -1);
+    Tcl_IncrRefCount(as->handle);
+    as->freeProc = freeProc;
+    as->freeData = freeData;
+    as->entry = Tcl_CreateHashEntry(&reg->sends, name, &isNew);
+    Tcl_SetHashValue(as->entry, as);
+    Tcl_SetObjResult(interp, as->handle);
+    return as;
+}
+
+/*
  * Starts a send in the background. The session borrows opts and msgs,
  * which freeProc(freeData) frees once it is over. Leaves the handle in
  * the interpreter's result.
@@ -138,28 +178,35 @@ SmtpAsyncStart(
     void (*freeProc)(void *),
     void *freeData)
 {
-    Registry *reg = GetRegistry(interp);
-    AsyncSend *as = (AsyncSend *) ckalloc(sizeof(AsyncSend));
-    int isNew;
-    char name[48];
+    SmtpSession *sess = SmtpSessionNew(interp, opts, msgs, nmsgs);
+    AsyncSend *as = Register(interp, sess, 1, command, freeProc, freeData);
 
-    snprintf(name, sizeof(name), "::smtp::send%lu", ++reg->counter);
-    as->interp = interp;
-    as->reg = reg;
-    as->sess = SmtpSessionNew(interp, opts, msgs, nmsgs);
-    as->command = command;
-    Tcl_IncrRefCount(command);
-    as->handle = Tcl_NewStringObj(name, -1);
-    Tcl_IncrRefCount(as->handle);
-    as->freeProc = freeProc;
-    as->freeData = freeData;
-    as->entry = Tcl_CreateHashEntry(&reg->sends, name, &isNew);
-    Tcl_SetHashValue(as->entry, as);
     if (progress) {
-	SmtpSessionSetProgress(as->sess, progress);
+	SmtpSessionSetProgress(sess, progress);
     }
-    Tcl_SetObjResult(interp, as->handle);
-    SmtpSessionStart(as->sess, SendDone, as);
+    SmtpSessionStart(sess, SendDone, as);
+    return TCL_OK;
+}
+
+/*
+ * The same for a send over a kept session (smtp::session), which stays:
+ * freeProc(freeData) is called when the send is over, before the command.
+ */
+
+int
+SmtpAsyncSubmit(
+    Tcl_Interp *interp,
+    SmtpSession *sess,
+    SmtpOptions *opts,
+    SmtpMessage *msgs,
+    int nmsgs,
+    Tcl_Obj *command,
+    void (*freeProc)(void *),
+    void *freeData)
+{
+    AsyncSend *as = Register(interp, sess, 0, command, freeProc, freeData);
+
+    SmtpSessionSubmitAsync(sess, opts, msgs, nmsgs, SendDone, as);
     return TCL_OK;
 }
 

@@ -1514,6 +1514,23 @@ SessionDeleted(
 }
 
 /*
+ * A session's send in the background is over (before its command runs).
+ */
+
+static void
+SessionAsyncDone(
+    void *cd)
+{
+    SessionObj *so = (SessionObj *) cd;
+
+    so->busy = 0;
+    if (so->deleted) {
+	SessionFree(so);
+    }
+    Tcl_Release(so);
+}
+
+/*
  * $s send token ?option value ...?
  */
 
@@ -1559,13 +1576,6 @@ SessionSend(
     if (c == NULL) {
 	return TCL_ERROR;
     }
-    if (c->command) {
-	SendCallFreeHeap(c);
-	Tcl_SetObjResult(interp, Tcl_NewStringObj("-command is not"
-		" supported by session sends in this release", -1));
-	Tcl_SetErrorCode(interp, "SMTP", "OPTION", NULL);
-	return TCL_ERROR;
-    }
     c->opts.multiple = 1;
     if (so->sess == NULL) {
 	so->sess = SmtpSessionNew(interp, &c->opts, c->msgs, c->nmsgs);
@@ -1574,12 +1584,21 @@ SessionSend(
     SmtpSessionSetProgress(so->sess, c->progress);
     old = so->current;
     so->current = c;
+    so->busy = 1;
+    Tcl_Preserve(so);
+    if (c->command) {
+	/* Over when SessionAsyncDone says so; the session stays busy. */
+	code = SmtpAsyncSubmit(interp, so->sess, &c->opts, c->msgs,
+		c->nmsgs, c->command, SessionAsyncDone, so);
+	if (old) {
+	    SendCallFreeHeap(old);
+	}
+	return code;
+    }
     SmtpSessionSubmit(so->sess, &c->opts, c->msgs, c->nmsgs);
     if (old) {
 	SendCallFreeHeap(old);
     }
-    so->busy = 1;
-    Tcl_Preserve(so);
     code = SmtpSessionWait(so->sess);
     so->busy = 0;
     if (so->deleted) {

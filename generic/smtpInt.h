@@ -201,6 +201,9 @@ void		SmtpSessionCancel(SmtpSession *s);
 void		SmtpSessionKeepOpen(SmtpSession *s);
 void		SmtpSessionSubmit(SmtpSession *s, SmtpOptions *opts,
 		    SmtpMessage *msgs, int nmsgs);
+void		SmtpSessionSubmitAsync(SmtpSession *s, SmtpOptions *opts,
+		    SmtpMessage *msgs, int nmsgs, SmtpDoneProc *done,
+		    void *cd);
 int		SmtpSessionWait(SmtpSession *s);
 void		SmtpSessionClose(SmtpSession *s);
 int		SmtpSessionConnected(SmtpSession *s);
@@ -212,6 +215,10 @@ int		SmtpSessionConnected(SmtpSession *s);
 int		SmtpAsyncStart(Tcl_Interp *interp, SmtpOptions *opts,
 		    SmtpMessage *msgs, int nmsgs, Tcl_Obj *command,
 		    Tcl_Obj *progress, void (*freeProc)(void *),
+		    void *freeData);
+int		SmtpAsyncSubmit(Tcl_Interp *interp, SmtpSession *sess,
+		    SmtpOptions *opts, SmtpMessage *msgs, int nmsgs,
+		    Tcl_Obj *command, void (*freeProc)(void *),
 		    void *freeData);
 void		SmtpAsyncInit(Tcl_Interp *interp);
 

@@ -249,8 +249,12 @@ DoneIdle(
     void *cd)
 {
     SmtpSession *s = (SmtpSession *) cd;
+    SmtpDoneProc *done = s->done;
 
-    s->done(s, s->doneCd);
+    if (s->keepOpen) {
+	s->done = NULL;		/* One call per submission. */
+    }
+    done(s, s->doneCd);
 }
 
 static void
@@ -2267,6 +2271,25 @@ SmtpSessionSubmit(
     s->serverIdx = 0;
     s->retried = 1;		/* A fresh connection: no second try. */
     TryNextServer(s);
+}
+
+/*
+ * Submits in the background: 'done' is called when the messages are done
+ * (for this submission only).
+ */
+
+void
+SmtpSessionSubmitAsync(
+    SmtpSession *s,
+    SmtpOptions *opts,
+    SmtpMessage *msgs,
+    int nmsgs,
+    SmtpDoneProc *done,
+    void *cd)
+{
+    s->done = done;
+    s->doneCd = cd;
+    SmtpSessionSubmit(s, opts, msgs, nmsgs);
 }
 
 /*
