@@ -248,6 +248,90 @@ HasControl(
 enum { ADDR_ALL, ADDR_ONE, ADDR_FIRST };
 
 /*
+ * The fast path of address parsing: a string that is only plain
+ * addresses, local@domain (a dot-atom at a domain of letters, digits and
+ * hyphens), separated by commas and blanks, is split here, where
+ * mime::parseaddress would return each address unchanged. Returns a new
+ * list, or NULL when the string needs the full parser.
+ */
+
+static int
+AtomChar(
+    unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+	    || (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+/=?^_`{|}~-",
+		c) != NULL);
+}
+
+static int
+DomainChar(
+    unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+	    || (c >= '0' && c <= '9') || c == '-';
+}
+
+static Tcl_Obj *
+FastAddresses(
+    Tcl_Obj *string)
+{
+    Tcl_Size len, i = 0;
+    const char *p = Tcl_GetStringFromObj(string, &len);
+    Tcl_Obj *list = Tcl_NewListObj(0, NULL);
+
+    while (1) {
+	Tcl_Size start, j;
+	int part;
+
+	while (i < len && (p[i] == ' ' || p[i] == '\t')) {
+	    i++;
+	}
+	start = i;
+	/* local part, '@', domain: runs of allowed characters between dots */
+	for (part = 0; part < 2; part++) {
+	    for (;;) {
+		j = i;
+		while (i < len && (part ? DomainChar((unsigned char) p[i])
+			: AtomChar((unsigned char) p[i]))) {
+		    i++;
+		}
+		if (i == j) {
+		    goto slow;
+		}
+		if (i < len && p[i] == '.') {
+		    i++;
+		    continue;
+		}
+		break;
+	    }
+	    if (part == 0) {
+		if (i >= len || p[i] != '@') {
+		    goto slow;
+		}
+		i++;
+	    }
+	}
+	Tcl_ListObjAppendElement(NULL, list,
+		Tcl_NewStringObj(p + start, i - start));
+	while (i < len && (p[i] == ' ' || p[i] == '\t')) {
+	    i++;
+	}
+	if (i == len) {
+	    return list;
+	}
+	if (p[i] != ',') {
+	    goto slow;
+	}
+	i++;
+    }
+
+  slow:
+    Tcl_DecrRefCount(list);
+    return NULL;
+}
+
+/*
  * Checks what -header would put into the message: a field name of visible
  * ASCII without a colon (RFC 5322 section 3.6.8), and a value whose line
  * breaks, if any, are folds (followed by a space or tab), without NUL. No
@@ -318,6 +402,26 @@ ParseAddresses(
     Tcl_Size n, i;
     int code = TCL_OK;
 
+    addrs = FastAddresses(string);
+    if (addrs != NULL) {
+	Tcl_IncrRefCount(addrs);
+	Tcl_ListObjLength(NULL, addrs, &n);
+	if (mode == ADDR_ONE && n > 1) {
+	    Tcl_DecrRefCount(addrs);
+	    return OptionError(interp, Tcl_ObjPrintf(
+		    "too many mailboxes in %s: %s", who,
+		    Tcl_GetString(string)));
+	}
+	if (mode == ADDR_FIRST && n > 1) {
+	    Tcl_ListObjReplace(NULL, addrs, 1, n - 1, 0, NULL);
+	}
+	if (addrsOut) {
+	    *addrsOut = addrs;
+	} else {
+	    Tcl_DecrRefCount(addrs);
+	}
+	return TCL_OK;
+    }
     if (Call(interp, &parsed, S("::mime::parseaddress"), string, NULL)
 	    != TCL_OK) {
 	return TCL_ERROR;
