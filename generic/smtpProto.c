@@ -1798,6 +1798,15 @@ OnReply(
 	if (s->mailCode != 250) {
 	    SmtpReply mr;
 
+	    if (r->code == 354) {
+		/*
+		 * The pipelined DATA was accepted although MAIL was not:
+		 * anything written now would be message text, so the
+		 * connection is dropped without the final dot.
+		 */
+		CloseConn(s);
+	    }
+
 	    SmtpReplyInit(&mr);
 	    mr.code = s->mailCode;
 	    memcpy(mr.enhanced, s->mailEnh, sizeof(mr.enhanced));
