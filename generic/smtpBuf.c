@@ -183,6 +183,7 @@ SmtpSourceFromObj(
     src->read = ObjSourceRead;
     src->close = ObjSourceClose;
     src->cd = os;
+    src->clean = 0;
 }
 
 /*
@@ -199,4 +200,5 @@ SmtpSourceClose(
     src->read = NULL;
     src->close = NULL;
     src->cd = NULL;
+    src->clean = 0;
 }

@@ -130,6 +130,49 @@ SmtpDataEncode(
 }
 
 /*
+ * The same for input whose line ends are all CRLF already: only a dot at
+ * a line start needs attention, so the work is a memchr for dots and
+ * block copies (base64, for one, has no dots at all).
+ */
+
+void
+SmtpDataEncodeClean(
+    SmtpDataEnc *e,
+    const unsigned char *p,
+    size_t n,
+    SmtpBuf *out)
+{
+    size_t i = 0;
+
+    if (n == 0) {
+	return;
+    }
+    SmtpBufReserve(out, 2 * n);
+    while (i < n && !e->bdat) {
+	const unsigned char *d = memchr(p + i, '.', n - i);
+	size_t stop = d ? (size_t) (d - p) : n;
+
+	memcpy(out->data + out->len, p + i, stop - i);
+	out->len += stop - i;
+	i = stop;
+	if (d == NULL) {
+	    break;
+	}
+	if (stop == 0 ? e->bol : p[stop - 1] == '\n') {
+	    out->data[out->len++] = '.';
+	}
+	out->data[out->len++] = '.';
+	i++;
+    }
+    if (i < n) {
+	memcpy(out->data + out->len, p + i, n - i);
+	out->len += n - i;
+    }
+    e->bol = p[n - 1] == '\n';
+    e->cr = p[n - 1] == '\r';
+}
+
+/*
  * Ends the message: completes a pending CR, adds a final CRLF if the last
  * line had none, then the terminating dot line.
  */

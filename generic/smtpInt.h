@@ -103,6 +103,8 @@ void		SmtpDataInitBdat(SmtpDataEnc *e);
 int		SmtpDataHas8bit(const unsigned char *p, size_t n);
 void		SmtpDataEncode(SmtpDataEnc *e, const unsigned char *p,
 		    size_t n, SmtpBuf *out);
+void		SmtpDataEncodeClean(SmtpDataEnc *e, const unsigned char *p,
+		    size_t n, SmtpBuf *out);
 void		SmtpDataFinish(SmtpDataEnc *e, SmtpBuf *out);
 Tcl_WideInt	SmtpDataSize(const unsigned char *p, size_t n);
 
@@ -133,6 +135,9 @@ typedef struct SmtpSource {
     int (*read)(void *cd, SmtpBuf *out, size_t want, Tcl_Obj **errPtr);
     void (*close)(void *cd);	/* Frees cd. */
     void *cd;
+    int clean;			/* Every line end is CRLF, no bare CR or LF
+				 * (the C writer's output): DATA needs only
+				 * the dots stuffed. */
 } SmtpSource;
 
 void		SmtpSourceFromObj(SmtpSource *src, Tcl_Obj *bytes);

@@ -2395,6 +2395,7 @@ SmtpMimeWriter(
     m->body.read = WriterRead;
     m->body.close = WriterClose;
     m->body.cd = w;
+    m->body.clean = 1;
     m->size = pl.size;
     m->eightbit = pl.eightbit;
     return TCL_OK;

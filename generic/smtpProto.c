@@ -1063,8 +1063,13 @@ PumpBody(
 	s->bodyDone = st;
 	s->sent += (Tcl_WideInt) SmtpBufAvail(&s->raw);
 	s->out.pos = s->out.len = 0;
-	SmtpDataEncode(&s->enc, SmtpBufPtr(&s->raw), SmtpBufAvail(&s->raw),
-		&s->out);
+	if (src->clean) {
+	    SmtpDataEncodeClean(&s->enc, SmtpBufPtr(&s->raw),
+		    SmtpBufAvail(&s->raw), &s->out);
+	} else {
+	    SmtpDataEncode(&s->enc, SmtpBufPtr(&s->raw),
+		    SmtpBufAvail(&s->raw), &s->out);
+	}
 	if (s->bodyDone) {
 	    SmtpDataFinish(&s->enc, &s->out);
 	}

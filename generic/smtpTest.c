@@ -9,10 +9,11 @@
 #include "smtpInt.h"
 
 /*
- * ::smtp::internal::dataencode bytes ?chunk?
+ * ::smtp::internal::dataencode bytes ?chunk? ?clean?
  *
  * Returns the DATA encoding of bytes, terminator included, feeding the
- * encoder 'chunk' bytes at a time (default: all at once).
+ * encoder 'chunk' bytes at a time (default: all at once); with clean
+ * true, through the encoder for input whose line ends are all CRLF.
  */
 
 static int
@@ -23,18 +24,22 @@ DataEncodeObjCmd(
     Tcl_Obj *const objv[])
 {
     Tcl_Size len, pos = 0;
-    int chunk = 0;
+    int chunk = 0, clean = 0;
     const unsigned char *p;
     SmtpDataEnc enc;
     SmtpBuf out;
     Tcl_DString scratch;
 
     (void) clientData;
-    if (objc < 2 || objc > 3) {
-	Tcl_WrongNumArgs(interp, 1, objv, "bytes ?chunk?");
+    if (objc < 2 || objc > 4) {
+	Tcl_WrongNumArgs(interp, 1, objv, "bytes ?chunk? ?clean?");
 	return TCL_ERROR;
     }
-    if (objc == 3 && (Tcl_GetIntFromObj(interp, objv[2], &chunk) != TCL_OK
+    if (objc == 4 && Tcl_GetBooleanFromObj(interp, objv[3], &clean)
+	    != TCL_OK) {
+	return TCL_ERROR;
+    }
+    if (objc >= 3 && (Tcl_GetIntFromObj(interp, objv[2], &chunk) != TCL_OK
 	    || chunk < 0)) {
 	Tcl_SetObjResult(interp, Tcl_NewStringObj(
 		"chunk must be a non-negative integer", -1));
@@ -49,7 +54,11 @@ DataEncodeObjCmd(
     while (pos < len) {
 	Tcl_Size n = len - pos < chunk ? len - pos : chunk;
 
-	SmtpDataEncode(&enc, p + pos, (size_t) n, &out);
+	if (clean) {
+	    SmtpDataEncodeClean(&enc, p + pos, (size_t) n, &out);
+	} else {
+	    SmtpDataEncode(&enc, p + pos, (size_t) n, &out);
+	}
 	pos += n;
     }
     SmtpDataFinish(&enc, &out);
