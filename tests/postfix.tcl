@@ -480,8 +480,12 @@ proc ::postfix::Alive {pid} {
 proc ::postfix::GroupPids {pgid {zombies 0}} {
     set pids {}
     foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
+        # A process may exit between glob and read: skip it.
         if {[catch {open $stat r} f]} continue
-        set s [read $f]
+        if {[catch {read $f} s]} {
+            close $f
+            continue
+        }
         close $f
         set rest [string range $s [string last ) $s]+2 end]
         # state ppid pgrp
