@@ -1826,13 +1826,11 @@ SessionObjCmd(
 	    Tcl_WrongNumArgs(interp, 2, objv, NULL);
 	    return TCL_ERROR;
 	}
-	if (so->busy) {
-	    Tcl_SetObjResult(interp, Tcl_NewStringObj("the session is busy"
-		    " with a send", -1));
-	    Tcl_SetErrorCode(interp, "SMTP", "BUSY", NULL);
-	    return TCL_ERROR;
+	if (!so->busy) {
+	    SessionDrop(so, 1);
 	}
-	SessionDrop(so, 1);
+	/* With a send in flight, that send ends cancelled (see
+	 * SessionDeleted) and everything is freed after it. */
 	Tcl_DeleteCommandFromToken(interp, so->token);
 	return TCL_OK;
     case 2:
