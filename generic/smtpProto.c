@@ -101,6 +101,8 @@ struct SmtpSession {
     int keepOpen;		/* A session: stay connected after the
 				 * messages, for more. */
     int retried;		/* Reconnected once for this submission. */
+    int rsetPending;		/* RSET went ahead of MAIL in the batch;
+				 * its reply comes first. */
     Tcl_Obj *errMsg;
     Tcl_Obj *errCode;
 };
@@ -1741,6 +1743,15 @@ OnReply(
 	OnAuthReply(s, r);
 	break;
     case ST_MAIL:
+	if (s->rsetPending) {
+	    /* The reply to the RSET that led the batch. */
+	    s->rsetPending = 0;
+	    if (r->code != 250) {
+		Reconnect(s, Tcl_ObjPrintf("RSET: %d %s", r->code,
+			Tcl_GetString(SmtpReplyDiagnostic(r))));
+	    }
+	    break;
+	}
 	s->mailCode = r->code;
 	memcpy(s->mailEnh, r->enhanced, sizeof(s->mailEnh));
 	SetObj(&s->mailText, SmtpReplyDiagnostic(r));
@@ -1910,6 +1921,7 @@ Reconnect(
     Tcl_Obj *why)
 {
     Tcl_IncrRefCount(why);
+    s->rsetPending = 0;
     CloseConn(s);
     if (s->retried) {
 	FailLocal(s, "EOF", Tcl_GetString(why));
@@ -2096,7 +2108,13 @@ OnClosed(
 	Reconnect(s, Tcl_NewStringObj(why, -1));
 	break;
     default:
-	FailLocal(s, "EOF", why);
+	if (s->rsetPending) {
+	    /* Gone before even the RSET was answered: nothing was sent. */
+	    s->rsetPending = 0;
+	    Reconnect(s, Tcl_NewStringObj(why, -1));
+	} else {
+	    FailLocal(s, "EOF", why);
+	}
 	break;
     }
 }
@@ -2269,7 +2287,14 @@ SmtpSessionSubmit(
     SetObj(&s->errCode, NULL);
     SetObj(&s->lastReply, NULL);
     if (s->conn && s->state == ST_READY) {
-	Send(s, ST_RSETNEXT, WAIT_RSET, "RSET", 4);
+	if (SmtpHasExtension(s->caps, "PIPELINING", NULL)) {
+	    /* RFC 2920: RSET may lead the batch of MAIL and RCPT. */
+	    Put(s, WAIT_RSET, "RSET", 4);
+	    s->rsetPending = 1;
+	    StartTransaction(s);
+	} else {
+	    Send(s, ST_RSETNEXT, WAIT_RSET, "RSET", 4);
+	}
 	return;
     }
     CloseConn(s);
