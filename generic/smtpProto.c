@@ -385,6 +385,28 @@ FailReply(
 }
 
 /*
+ * FailReply for a reply kept from earlier (a pipelined MAIL, the last
+ * refused AUTH).
+ */
+
+static void
+FailSaved(
+    SmtpSession *s,
+    const char *stage,
+    int code,
+    const char *enhanced,
+    Tcl_Obj *text)
+{
+    SmtpReply r;
+
+    SmtpReplyInit(&r);
+    r.code = code;
+    memcpy(r.enhanced, enhanced, sizeof(r.enhanced));
+    r.text = text;
+    FailReply(s, stage, &r);
+}
+
+/*
  * Ends the session with an error that has no server reply. For a lost
  * connection or a timeout the message keeps tcllib's form, where such
  * failures carry the pseudo-code 400; other local failures (TLS set-up,
@@ -1453,13 +1475,7 @@ static void
 AuthRefused(
     SmtpSession *s)
 {
-    SmtpReply r;
-
-    SmtpReplyInit(&r);
-    r.code = s->authCode;
-    memcpy(r.enhanced, s->authEnh, sizeof(r.enhanced));
-    r.text = s->authText;
-    FailReply(s, "AUTH", &r);
+    FailSaved(s, "AUTH", s->authCode, s->authEnh, s->authText);
 }
 
 /*
@@ -1799,21 +1815,13 @@ OnReply(
 	    s->state = ST_DATA;
 	    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
 	} else if (s->mailCode != 250) {
-	    SmtpReply mr;
-
-	    SmtpReplyInit(&mr);
-	    mr.code = s->mailCode;
-	    memcpy(mr.enhanced, s->mailEnh, sizeof(mr.enhanced));
-	    mr.text = s->mailText;
-	    FailReply(s, "MAIL", &mr);
+	    FailSaved(s, "MAIL", s->mailCode, s->mailEnh, s->mailText);
 	} else {
 	    AfterRecipients(s);
 	}
 	break;
     case ST_DATA:
 	if (s->mailCode != 250) {
-	    SmtpReply mr;
-
 	    if (r->code == 354) {
 		/*
 		 * The pipelined DATA was accepted although MAIL was not:
@@ -1823,11 +1831,7 @@ OnReply(
 		CloseConn(s);
 	    }
 
-	    SmtpReplyInit(&mr);
-	    mr.code = s->mailCode;
-	    memcpy(mr.enhanced, s->mailEnh, sizeof(mr.enhanced));
-	    mr.text = s->mailText;
-	    FailReply(s, "MAIL", &mr);
+	    FailSaved(s, "MAIL", s->mailCode, s->mailEnh, s->mailText);
 	} else if (r->code == 354 && s->good > 0) {
 	    StartBody(s);
 	} else if (r->code == 354) {
