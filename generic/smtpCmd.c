@@ -646,6 +646,27 @@ BuildMessage(
 }
 
 /*
+ * A Date header for now, in mime::parsedatetime's "proper" form (made in
+ * C where the platform can, else by mime). *datePtr gets a reference.
+ */
+
+static int
+NowDate(
+    Tcl_Interp *interp,
+    Tcl_Obj **datePtr)
+{
+    char buf[64];
+
+    if (SmtpPlatformDate(buf, sizeof(buf))) {
+	*datePtr = Tcl_NewStringObj(buf, -1);
+	Tcl_IncrRefCount(*datePtr);
+	return TCL_OK;
+    }
+    return Call(interp, datePtr, S("::mime::parsedatetime"), S("-now"),
+	    S("proper"), NULL);
+}
+
+/*
  * The blind-copy digest tcllib sends to Bcc recipients: the original as
  * message/rfc822 inside a multipart/digest, made into m's body.
  */
@@ -682,8 +703,7 @@ BuildBccDigest(
 		S("Content-Description"), S("Original Message")}),
 	    S("-parts"), Tcl_NewListObj(1, &part), NULL);
     if (code == TCL_OK) {
-	code = Call(interp, &date, S("::mime::parsedatetime"), S("-now"),
-		S("proper"), NULL);
+	code = NowDate(interp, &date);
     }
     if (code == TCL_OK) {
 	code = Call(interp, &msgid, S("::mime::uniqueID"), NULL);
@@ -1210,6 +1230,38 @@ ParseOptions(
 }
 
 /*
+ * Whether the token has a header (lower-case name), as a successful
+ * mime::getheader would say: read from the token's own list when it has
+ * the layout we know, without the cost of an error from getheader.
+ */
+
+static int
+TokenHasHeader(
+    Tcl_Interp *interp,
+    Tcl_Obj *part,
+    const char *lower)
+{
+    Tcl_Obj *lowerL = Tcl_GetVar2Ex(interp, Tcl_GetString(part), "lowerL",
+	    TCL_GLOBAL_ONLY), **elems;
+    Tcl_Size n, i;
+    int has;
+
+    if (lowerL == NULL
+	    || Tcl_ListObjGetElements(NULL, lowerL, &n, &elems) != TCL_OK) {
+	has = Call(interp, NULL, S("::mime::getheader"), part, S(lower),
+		NULL) == TCL_OK;
+	Tcl_ResetResult(interp);
+	return has;
+    }
+    for (i = 0; i < n; i++) {
+	if (strcmp(Tcl_GetString(elems[i]), lower) == 0) {
+	    return 1;
+	}
+    }
+    return 0;
+}
+
+/*
  * Applies tcllib's rules for the envelope and the added headers: who sends
  * (and the From and Sender headers), who receives (To, cc, Dcc, Bcc),
  * Date and Message-ID.
@@ -1358,20 +1410,17 @@ EnvelopeRules(
     Tcl_DecrRefCount(who);
 
     if (HeadersFind(&c->h, dateL) < 0
-	    && Call(interp, NULL, S("::mime::getheader"), part, S(dateL), NULL)
-		!= TCL_OK) {
+	    && !TokenHasHeader(interp, part, dateL)) {
 	Tcl_Obj *date = NULL;
 
-	if (Call(interp, &date, S("::mime::parsedatetime"), S("-now"),
-		S("proper"), NULL) != TCL_OK) {
+	if (NowDate(interp, &date) != TCL_OK) {
 	    return TCL_ERROR;
 	}
 	HeadersAdd(&c->h, dateL, dateM, date);
 	Tcl_DecrRefCount(date);
     }
     if (HeadersFind(&c->h, midL) < 0
-	    && Call(interp, NULL, S("::mime::getheader"), part, S(midL), NULL)
-		!= TCL_OK) {
+	    && !TokenHasHeader(interp, part, midL)) {
 	Tcl_Obj *id = NULL;
 
 	if (Call(interp, &id, S("::mime::uniqueID"), NULL) != TCL_OK) {
@@ -1416,13 +1465,15 @@ PrepareSend(
 
     code = ParseOptions(interp, objc, objv, &c, &origP);
     if (code == TCL_OK) {
-	code = Call(interp, &names, S("::mime::getheader"), part, S("-names"),
+	code = Tcl_GetVar2Ex(interp, Tcl_GetString(part), "lowerL",
+		TCL_GLOBAL_ONLY) ? TCL_OK : Call(interp, &names,
+		S("::mime::getheader"), part, S("-names"),
 		NULL);
 	if (code != TCL_OK) {
 	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		    "invalid mime token \"%s\"", Tcl_GetString(part)));
 	    Tcl_SetErrorCode(interp, "SMTP", "TOKEN", NULL);
-	} else {
+	} else if (names) {
 	    Tcl_DecrRefCount(names);
 	}
     }

@@ -285,6 +285,7 @@ void		SmtpTlsFree(SmtpTls *t);
  */
 
 void		SmtpPlatformNoDelay(Tcl_Channel chan);
+int		SmtpPlatformDate(char *buf, size_t size);
 
 /*
  * smtpCmd.c.

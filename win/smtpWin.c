@@ -25,3 +25,17 @@ SmtpPlatformNoDelay(
     (void) setsockopt((SOCKET) (intptr_t) handle, IPPROTO_TCP, TCP_NODELAY,
 	    (const char *) &on, sizeof(on));
 }
+
+/*
+ * The Date header for now: left to mime::parsedatetime on Windows.
+ */
+
+int
+SmtpPlatformDate(
+    char *buf,
+    size_t size)
+{
+    (void) buf;
+    (void) size;
+    return 0;
+}
