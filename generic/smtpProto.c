@@ -273,6 +273,39 @@ MarkDone(
 }
 
 /*
+ * Ends the session (after a MarkDone its result is read).
+ */
+
+static void
+End(
+    SmtpSession *s,
+    int code)
+{
+    s->state = ST_DONE;
+    s->code = code;
+    MarkDone(s);
+}
+
+/*
+ * Appends a refused-recipient entry, {address code diagnostic}, to list.
+ */
+
+static void
+AddRefused(
+    Tcl_Obj *list,
+    Tcl_Obj *addr,
+    int code,
+    Tcl_Obj *text)
+{
+    Tcl_Obj *entry = Tcl_NewListObj(0, NULL);
+
+    Tcl_ListObjAppendElement(NULL, entry, addr);
+    Tcl_ListObjAppendElement(NULL, entry, Tcl_NewIntObj(code));
+    Tcl_ListObjAppendElement(NULL, entry, text);
+    Tcl_ListObjAppendElement(NULL, list, entry);
+}
+
+/*
  * Ends the session with success.
  */
 
@@ -281,9 +314,7 @@ Finish(
     SmtpSession *s)
 {
     CloseConn(s);
-    s->state = ST_DONE;
-    s->code = TCL_OK;
-    MarkDone(s);
+    End(s, TCL_OK);
 }
 
 /*
@@ -326,7 +357,7 @@ BccFailed(
     Tcl_ListObjGetElements(NULL, s->txRefused, &nr, &already);
     Tcl_ListObjGetElements(NULL, s->msgs[s->cur].recipients, &n, &rcpts);
     for (i = 0; i < n; i++) {
-	Tcl_Obj *entry, *addr;
+	Tcl_Obj *addr;
 
 	for (j = 0; j < nr; j++) {
 	    Tcl_ListObjIndex(NULL, already[j], 0, &addr);
@@ -337,18 +368,12 @@ BccFailed(
 	if (j < nr) {
 	    continue;		/* Refused individually already. */
 	}
-	entry = Tcl_NewListObj(0, NULL);
-	Tcl_ListObjAppendElement(NULL, entry, rcpts[i]);
-	Tcl_ListObjAppendElement(NULL, entry, Tcl_NewIntObj(code));
-	Tcl_ListObjAppendElement(NULL, entry, text);
-	Tcl_ListObjAppendElement(NULL, s->refused, entry);
+	AddRefused(s->refused, rcpts[i], code, text);
     }
     Tcl_DecrRefCount(text);
     SetObj(&s->txRefused, NULL);
     Abort(s);
-    s->state = ST_DONE;
-    s->code = TCL_OK;
-    MarkDone(s);
+    End(s, TCL_OK);
 }
 
 /*
@@ -379,9 +404,7 @@ FailReply(
     SetObj(&s->errMsg, Tcl_ObjPrintf("%d: %s", r->code,
 	    Tcl_GetString(SmtpReplyDiagnostic(r))));
     Abort(s);
-    s->state = ST_DONE;
-    s->code = TCL_ERROR;
-    MarkDone(s);
+    End(s, TCL_ERROR);
 }
 
 /*
@@ -444,9 +467,7 @@ FailLocal(
     } else {
 	CloseConn(s);
     }
-    s->state = ST_DONE;
-    s->code = TCL_ERROR;
-    MarkDone(s);
+    End(s, TCL_ERROR);
 }
 
 /*
@@ -614,9 +635,7 @@ NoServer(
     Tcl_ListObjAppendElement(NULL, ec, msg);
     SetObj(&s->errCode, ec);
     SetObj(&s->errMsg, msg);
-    s->state = ST_DONE;
-    s->code = TCL_ERROR;
-    MarkDone(s);
+    End(s, TCL_ERROR);
 }
 
 static void
@@ -993,9 +1012,7 @@ EndTransactionDropped(
     Tcl_ListObjAppendList(NULL, s->refused, s->txRefused);
     SetObj(&s->txRefused, NULL);
     CloseConn(s);
-    s->state = ST_DONE;
-    s->code = TCL_OK;
-    MarkDone(s);
+    End(s, TCL_OK);
 }
 
 /*
@@ -1795,14 +1812,11 @@ OnReply(
 	    Tcl_ListObjAppendElement(NULL, s->accepted, rcpt);
 	    s->good++;
 	} else if (s->mailCode == 250) {
-	    Tcl_Obj *entry = Tcl_NewListObj(0, NULL), *rcpt;
+	    Tcl_Obj *rcpt;
 
 	    Tcl_ListObjIndex(NULL, s->msgs[s->cur].recipients, s->rcptIdx,
 		    &rcpt);
-	    Tcl_ListObjAppendElement(NULL, entry, rcpt);
-	    Tcl_ListObjAppendElement(NULL, entry, Tcl_NewIntObj(r->code));
-	    Tcl_ListObjAppendElement(NULL, entry, SmtpReplyDiagnostic(r));
-	    Tcl_ListObjAppendElement(NULL, s->txRefused, entry);
+	    AddRefused(s->txRefused, rcpt, r->code, SmtpReplyDiagnostic(r));
 	    s->bad++;
 	}
 	if (++s->rcptIdx < s->nrcpts) {
@@ -1863,13 +1877,10 @@ OnReply(
 
 	Tcl_ListObjLength(NULL, s->accepted, &na);
 	if (r->code != 250 && r->code != 251 && s->lmtpIdx < na) {
-	    Tcl_Obj *entry = Tcl_NewListObj(0, NULL), *rcpt;
+	    Tcl_Obj *rcpt;
 
 	    Tcl_ListObjIndex(NULL, s->accepted, s->lmtpIdx, &rcpt);
-	    Tcl_ListObjAppendElement(NULL, entry, rcpt);
-	    Tcl_ListObjAppendElement(NULL, entry, Tcl_NewIntObj(r->code));
-	    Tcl_ListObjAppendElement(NULL, entry, SmtpReplyDiagnostic(r));
-	    Tcl_ListObjAppendElement(NULL, s->txRefused, entry);
+	    AddRefused(s->txRefused, rcpt, r->code, SmtpReplyDiagnostic(r));
 	}
 	if (++s->lmtpIdx >= na) {
 	    SetObj(&s->lastReply, Tcl_ObjPrintf("%d %s", r->code,
@@ -2243,9 +2254,7 @@ SmtpSessionCancel(
     SetObj(&s->errMsg, Tcl_NewStringObj("cancelled", -1));
     SetObj(&s->errCode, Tcl_NewStringObj("SMTP CANCELLED {} {} cancelled",
 	    -1));
-    s->state = ST_DONE;
-    s->code = TCL_BREAK;
-    MarkDone(s);
+    End(s, TCL_BREAK);
 }
 
 /*
