@@ -6,27 +6,45 @@
 #	at run time, delivering every accepted message to a file that the
 #	tests read back. The system's Postfix (/etc/postfix, its queue, its
 #	service) is neither used nor touched. Optionally TLS (STARTTLS on the
-#	plain port, and an implicit-TLS "smtps" port) and SASL AUTH through a
-#	private Dovecot auth server.
+#	plain port, and an implicit-TLS "smtps" port) and SASL AUTH, checked
+#	by a private Dovecot auth server (passwords, and OAuth bearer tokens)
+#	or by Cyrus SASL inside smtpd (passwords, NTLM among them).
 #
 #	Needs root (Postfix's master runs as root and drops to the postfix
-#	user), Debian's postfix package, and for -auth the dovecot-core
-#	package. No network access: everything is on 127.0.0.1 (and ::1 with
-#	-ipv6 1).
+#	user), Debian's postfix package, for -auth the dovecot-core package,
+#	for -sasl cyrus the sasl2-bin and libsasl2-modules packages, for
+#	-oauth2 Dovecot 2.3.11 or later and tcllib's sha256. No network
+#	access: everything is on 127.0.0.1 (and ::1 with -ipv6 1).
 #
 #	    postfix::available            1 when an instance can be started
 #	    postfix::authavailable        1 when -auth can be used too
+#	    postfix::cyrusavailable       1 when -sasl cyrus can be used too
+#	    postfix::oauth2available      1 when -oauth2 can be used too
 #	    postfix::start ?options?      starts an instance (about 0.2 s, 0.5 s
 #	                                  with Dovecot), returns a handle
 #	        -tls {cert key ?cafile?}  STARTTLS (smtpd_tls_security_level may;
 #	                                  with cafile, smtpd_tls_CAfile, and
 #	                                  Postfix sends that CA in its chain)
 #	        -smtps 1                  also an implicit-TLS port (needs -tls)
-#	        -auth {user pass ...}     SASL AUTH through a private Dovecot
-#	        -mechanisms LIST          the SASL mechanisms offered (default
-#	                                  plain login cram-md5 digest-md5
-#	                                  scram-sha-1 scram-sha-256, all that
-#	                                  Dovecot 2.3 has for passwords)
+#	        -auth {user pass ...}     SASL AUTH for these users
+#	        -sasl dovecot|cyrus       who checks them: a private Dovecot
+#	                                  (default), or Cyrus SASL in smtpd
+#	                                  with a private sasldb, the users in
+#	                                  the realm example.org (so Postfix
+#	                                  logs user@example.org as the name)
+#	        -oauth2 KEY               Dovecot (not with cyrus) also takes
+#	                                  OAuth 2.0 bearer tokens: JWTs signed
+#	                                  with HS256 and KEY, whose "sub" is
+#	                                  the user (postfix::token makes them),
+#	                                  validated by Dovecot itself (its
+#	                                  oauth2 passdb, introspection_mode
+#	                                  local: no HTTP service)
+#	        -mechanisms LIST          the SASL mechanisms offered (default:
+#	                                  with -auth plain login cram-md5
+#	                                  digest-md5 scram-sha-1 scram-sha-256,
+#	                                  all that Dovecot 2.3 has for
+#	                                  passwords, and ntlm with Cyrus; with
+#	                                  -oauth2 oauthbearer xoauth2)
 #	        -message_size_limit N     main.cf's message_size_limit
 #	        -ipv6 1                   also listen on [::1], same ports
 #	        -extra LINES              appended to main.cf (later wins)
@@ -43,6 +61,9 @@
 #	    postfix::logins h             the successful SASL logins of
 #	                                  transactions, from the log: a list
 #	                                  of {mechanism username}
+#	    postfix::token key user ?s?   a bearer token for -oauth2 key: a
+#	                                  JWT for user that expires in s
+#	                                  seconds (600; negative: expired)
 #	    postfix::log h                the instance's log (maillog_file, and
 #	                                  the master's and Dovecot's output)
 #	    postfix::dir h                the instance's directory
@@ -84,7 +105,8 @@
 #	children), then SIGKILL to whatever is left in the group. Dovecot
 #	("dovecot -c CONF -F") is run the same way. A watchdog shell process
 #	kills both groups if this Tcl process dies without calling stop (a
-#	crash, or all.tcl's timeout).
+#	crash, or all.tcl's timeout). Cyrus SASL is a library that smtpd
+#	loads: it has no process, only files in the instance's directory.
 
 package require Tcl 8.6
 
@@ -110,6 +132,42 @@ proc ::postfix::authavailable {} {
           && ![catch {exec id -u dovecot}] && ![catch {exec id -u dovenull}]}
 }
 
+# The directory of Cyrus SASL's plugins, or "".
+proc ::postfix::CyrusPluginDir {} {
+    foreach dir [concat [glob -nocomplain -types d /usr/lib/*/sasl2] \
+            /usr/lib/sasl2 /usr/lib64/sasl2] {
+        if {[llength [glob -nocomplain -directory $dir libsasldb.so*]]} {
+            return $dir
+        }
+    }
+    return ""
+}
+
+proc ::postfix::cyrusavailable {} {
+    if {![available] || ![file executable /usr/sbin/saslpasswd2]
+            || [catch {exec /usr/sbin/postconf -a} types]
+            || "cyrus" ni $types} {
+        return 0
+    }
+    set dir [CyrusPluginDir]
+    if {$dir eq ""} {return 0}
+    foreach plugin {plain login crammd5 digestmd5 scram ntlm} {
+        if {![llength [glob -nocomplain -directory $dir lib$plugin.so*]]} {
+            return 0
+        }
+    }
+    return 1
+}
+
+# Dovecot 2.3.11 or later validates JWTs itself (introspection_mode local);
+# tcllib's sha256 signs them here.
+proc ::postfix::oauth2available {} {
+    expr {[authavailable] && ![catch {exec /usr/sbin/dovecot --version} v]
+          && [regexp {^(\d+)\.(\d+)\.(\d+)} $v -> a b c]
+          && [package vsatisfies $a.$b.$c 2.3.11-]
+          && ![catch {package require sha256}]}
+}
+
 # ------------------------------------------------------------------------
 # Starting
 # ------------------------------------------------------------------------
@@ -117,9 +175,9 @@ proc ::postfix::authavailable {} {
 proc ::postfix::start {args} {
     variable seq
     variable live
-    set o [dict create -tls {} -smtps 0 -auth {} -mechanisms {plain login
-        cram-md5 digest-md5 scram-sha-1 scram-sha-256} -message_size_limit {} \
-        -ipv6 0 -extra {} -extramaster {} -lifetime 600]
+    set o [dict create -tls {} -smtps 0 -auth {} -sasl dovecot -oauth2 {} \
+        -mechanisms {} -message_size_limit {} -ipv6 0 -extra {} \
+        -extramaster {} -lifetime 600]
     if {[llength $args] % 2} {
         return -code error "wrong # args: should be \"postfix::start ?-option value ...?\""
     }
@@ -136,13 +194,47 @@ proc ::postfix::start {args} {
     if {[llength [dict get $o -auth]] % 2} {
         return -code error "-auth needs {user pass ?user pass ...?}"
     }
+    set sasl [dict get $o -sasl]
+    if {$sasl ni {dovecot cyrus}} {
+        return -code error "bad -sasl \"$sasl\": must be dovecot or cyrus"
+    }
+    set oauth [expr {[dict get $o -oauth2] ne ""}]
+    if {$oauth && $sasl ne "dovecot"} {
+        return -code error "-oauth2 needs -sasl dovecot"
+    }
+    if {$sasl eq "cyrus" && ![llength [dict get $o -auth]]} {
+        return -code error "-sasl cyrus needs -auth {user pass ...}"
+    }
+    if {[dict get $o -mechanisms] eq ""} {
+        set mechs {}
+        if {[llength [dict get $o -auth]]} {
+            lappend mechs plain login cram-md5 digest-md5 scram-sha-1 \
+                scram-sha-256
+            if {$sasl eq "cyrus"} {
+                lappend mechs ntlm
+            }
+        }
+        if {$oauth} {
+            lappend mechs oauthbearer xoauth2
+        }
+        dict set o -mechanisms $mechs
+    }
     if {![available]} {
         return -code error "cannot start Postfix: needs root, the postfix\
             package and setsid"
     }
-    if {[llength [dict get $o -auth]] && ![authavailable]} {
+    if {$sasl eq "cyrus" && ![cyrusavailable]} {
+        return -code error "cannot use Cyrus SASL: needs Postfix with Cyrus\
+            SASL support and the libsasl2-modules and sasl2-bin packages"
+    }
+    if {$sasl eq "dovecot" && ([llength [dict get $o -auth]] || $oauth)
+            && ![authavailable]} {
         return -code error "cannot start Dovecot for -auth: needs the\
             dovecot-core package"
+    }
+    if {$oauth && ![oauth2available]} {
+        return -code error "cannot use -oauth2: needs Dovecot 2.3.11 or\
+            later and tcllib's sha256"
     }
 
     set h postfix[incr seq]
@@ -230,8 +322,10 @@ proc ::postfix::Launch {h} {
     MakeQueue [file join $d queue]
     WriteDeliver [file join $d etc deliver.sh]
 
-    if {[llength [dict get $o -auth]]} {
+    if {[Auth $o] eq "dovecot"} {
         StartDovecot $h
+    } elseif {[Auth $o] eq "cyrus"} {
+        MakeCyrus $h
     }
 
     # The master exits at once when a port is taken: pick others then.
@@ -253,6 +347,14 @@ proc ::postfix::Launch {h} {
         error "the master did not become ready ($r)"
     }
     StartWatchdog $h
+}
+
+# Which SASL server an instance has: dovecot, cyrus, or "" (no AUTH).
+proc ::postfix::Auth {o} {
+    if {![llength [dict get $o -auth]] && [dict get $o -oauth2] eq ""} {
+        return ""
+    }
+    return [dict get $o -sasl]
 }
 
 # The queue directory and its subdirectories, as post-install makes them.
@@ -363,10 +465,22 @@ smtp_dns_support_level = disabled
         append main "smtpd_tls_session_cache_database =\n"
         append main "tls_random_source = dev:/dev/urandom\n"
     }
-    if {[llength [dict get $o -auth]]} {
+    if {[Auth $o] ne ""} {
         append main "smtpd_sasl_auth_enable = yes\n"
-        append main "smtpd_sasl_type = dovecot\n"
-        append main "smtpd_sasl_path = private/auth\n"
+        if {[Auth $o] eq "dovecot"} {
+            append main "smtpd_sasl_type = dovecot\n"
+            append main "smtpd_sasl_path = private/auth\n"
+        } else {
+            # Cyrus SASL in smtpd itself, with the configuration file
+            # etc/sasl/smtpd.conf (smtpd_sasl_path names it; Debian's
+            # Postfix looks in config_directory/sasl, and did so here even
+            # with another cyrus_sasl_config_path); users are looked up
+            # in the realm example.org.
+            append main "smtpd_sasl_type = cyrus\n"
+            append main "smtpd_sasl_path = smtpd\n"
+            append main "cyrus_sasl_config_path = [file join $etc sasl]\n"
+            append main "smtpd_sasl_local_domain = example.org\n"
+        }
         append main "smtpd_sasl_security_options = noanonymous\n"
         append main "smtpd_sasl_tls_security_options = noanonymous\n"
         append main "smtpd_tls_auth_only = no\n"
@@ -551,7 +665,8 @@ proc ::postfix::StartDovecot {h} {
     file mkdir [file join $dd run] [file join $dd state]
     set f [open [file join $dd users] w]
     foreach {user pass} [dict get $st(opts) -auth] {
-        if {[string match {*[:\n]*} $user$pass]} {
+        # (A glob in braces would take \n for the letter n.)
+        if {[string match "*\[:\n\]*" $user$pass]} {
             close $f
             error "-auth: a user or password may not contain : or newline"
         }
@@ -560,8 +675,26 @@ proc ::postfix::StartDovecot {h} {
     close $f
     exec chown root:dovecot [file join $dd users]
     file attributes [file join $dd users] -permissions 0640
+    set passdbs ""
+    if {[dict get $st(opts) -oauth2] ne ""} {
+        append passdbs [OAuth2Passdb $h]
+    }
+    if {[llength [dict get $st(opts) -auth]]} {
+        # With -oauth2, not for the token mechanisms: a token is not a
+        # password.
+        set only ""
+        if {[dict get $st(opts) -oauth2] ne ""} {
+            set only "  mechanisms = plain login cram-md5 digest-md5\
+                scram-sha-1 scram-sha-256\n"
+        }
+        append passdbs [string map [list @DD@ $dd @O@ $only] {passdb {
+  driver = passwd-file
+  args = scheme=PLAIN @DD@/users
+@O@}
+}]
+    }
     set conf [string map [list @DD@ $dd @Q@ [file join $d queue] @N@ $h-[pid] \
-            @M@ [join [dict get $st(opts) -mechanisms]]] {# A private Dovecot auth server for smtp's tests (tests/postfix.tcl).
+            @M@ [join [dict get $st(opts) -mechanisms]] @P@ $passdbs] {# A private Dovecot auth server for smtp's tests (tests/postfix.tcl).
 instance_name = smtptest-@N@
 base_dir = @DD@/run
 state_dir = @DD@/state
@@ -572,11 +705,7 @@ auth_verbose = yes
 auth_failure_delay = 0
 auth_mechanisms = @M@
 disable_plaintext_auth = no
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN @DD@/users
-}
-userdb {
+@P@userdb {
   driver = static
   args = uid=nobody gid=nogroup home=/nonexistent
 }
@@ -615,6 +744,92 @@ service stats {
         }
         after 20
     }
+}
+
+# The oauth2 passdb: Dovecot validates the bearer token itself, as a JWT
+# signed with HS256 and the key -oauth2 (introspection_mode local), the
+# key read from a dict of files: dovecot/keys/AZP/ALG/KID holds it in
+# base64, and a token without azp and kid uses default/HS256/default. The
+# token's "sub" must be the user name that logs in.
+proc ::postfix::OAuth2Passdb {h} {
+    upvar #0 ::postfix::$h st
+    set dd [file join $st(dir) dovecot]
+    set keys [file join $dd keys]
+    set kdir [file join $keys default HS256]
+    file mkdir $kdir
+    set f [open [file join $kdir default] w]
+    puts -nonewline $f [binary encode base64 [dict get $st(opts) -oauth2]]
+    close $f
+    exec chown -R root:dovecot $keys
+    foreach sub [list $keys [file join $keys default] $kdir] {
+        file attributes $sub -permissions 0750
+    }
+    file attributes [file join $kdir default] -permissions 0640
+    set f [open [file join $dd oauth2.conf] w]
+    puts $f "introspection_mode = local"
+    puts $f "local_validation_key_dict = fs:posix:prefix=$keys/"
+    puts $f "username_attribute = sub"
+    close $f
+    return [string map [list @DD@ $dd] {passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = @DD@/oauth2.conf
+}
+}]
+}
+
+# ------------------------------------------------------------------------
+# Cyrus SASL, for SASL AUTH inside smtpd
+# ------------------------------------------------------------------------
+
+# etc/sasl/smtpd.conf and the user database etc/sasl/sasldb2 (made by
+# saslpasswd2, the users in the realm example.org), both readable by the
+# postfix user that smtpd runs as. Cyrus's plugins check the passwords in
+# smtpd itself: there is no process to start.
+proc ::postfix::MakeCyrus {h} {
+    upvar #0 ::postfix::$h st
+    set dir [file join $st(dir) etc sasl]
+    file mkdir $dir
+    set db [file join $dir sasldb2]
+    foreach {user pass} [dict get $st(opts) -auth] {
+        if {[string match "*\[@\n\]*" $user] || [string match *\n* $pass]} {
+            error "-auth: a user may not contain @ or newline, a password\
+                no newline"
+        }
+        exec /usr/sbin/saslpasswd2 -f $db -c -p -u example.org $user \
+            << $pass 2>@1
+    }
+    set f [open [file join $dir smtpd.conf] w]
+    puts $f "pwcheck_method: auxprop"
+    puts $f "auxprop_plugin: sasldb"
+    puts $f "sasldb_path: $db"
+    puts $f "mech_list: [join [dict get $st(opts) -mechanisms]]"
+    puts $f "log_level: 3"
+    close $f
+    exec chown -R postfix:postfix $dir
+    file attributes $dir -permissions 0700
+    file attributes $db -permissions 0600
+}
+
+# ------------------------------------------------------------------------
+# Bearer tokens for -oauth2
+# ------------------------------------------------------------------------
+
+# A JWT for user, signed (HS256) with key, that expires in seconds (in the
+# past when negative).
+proc ::postfix::token {key user {seconds 600}} {
+    package require sha256
+    set now [clock seconds]
+    set header {{"alg":"HS256","typ":"JWT"}}
+    set claims [format {{"sub":"%s","iat":%d,"exp":%d}} \
+        [string map {\\ \\\\ \" \\\"} $user] \
+        [expr {min($now, $now + $seconds) - 60}] [expr {$now + $seconds}]]
+    set data [B64url $header].[B64url [encoding convertto utf-8 $claims]]
+    return $data.[B64url [sha2::hmac -bin -key $key $data]]
+}
+
+proc ::postfix::B64url {bytes} {
+    string map {+ - / _ = {}} [binary encode base64 $bytes]
 }
 
 # ------------------------------------------------------------------------
