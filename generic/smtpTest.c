@@ -99,6 +99,37 @@ DataSizeObjCmd(
 }
 
 /*
+ * ::smtp::internal::lowbytes value
+ *
+ * Returns the octets the package takes from a value (SmtpGetBytes): each
+ * character's low 8 bits, without changing the value's representation,
+ * so that a test can compare them with Tcl's own conversion of the same
+ * value afterwards.
+ */
+
+static int
+LowBytesObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Size len;
+    const unsigned char *p;
+    Tcl_DString scratch;
+
+    (void) clientData;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "value");
+	return TCL_ERROR;
+    }
+    p = SmtpGetBytes(objv[1], &len, &scratch);
+    Tcl_SetObjResult(interp, Tcl_NewByteArrayObj(p, len));
+    Tcl_DStringFree(&scratch);
+    return TCL_OK;
+}
+
+/*
  * ::smtp::internal::replyparse bytes ?chunk?
  *
  * Parses server output fed 'chunk' bytes at a time. Returns a list with
@@ -221,6 +252,8 @@ SmtpTestInit(
 	    LoopbackObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::dataencode",
 	    DataEncodeObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::smtp::internal::lowbytes",
+	    LowBytesObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::datasize",
 	    DataSizeObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::replyparse",
