@@ -33,6 +33,13 @@
 #define LINE_MAX_OCTETS	998	/* Longest line SMTP carries. */
 #define MAX_DEPTH	64	/* Deepest nesting of parts accepted. */
 #define FILE_BLOCK	65536	/* File bytes read at a time. */
+#define STREAM_MIN	262144	/* A string leaf this long or longer, when
+				 * base64 encoded, is encoded while sent
+				 * rather than into the plan. */
+
+#define SEG_LIT		0	/* Segments: literal bytes, */
+#define SEG_FILE	1	/* file content, */
+#define SEG_BYTES	2	/* a string leaf's octets. */
 #define MAX_CANDS	32	/* Boundary-like lines remembered per leaf. */
 #define CAND_LEN	80	/* Bytes remembered of each. */
 #define BOUNDARY_RAND	30	/* Random characters in a boundary. */
@@ -794,7 +801,8 @@ typedef struct Node {
     Tcl_Obj *string;		/* SRC_STRING: the value, referenced; */
     const unsigned char *bytes;	/* its octets, while the plan is made (no */
     size_t len;			/* Tcl code runs then to change them), */
-    Tcl_DString scratch;	/* and where they were made, if needed. */
+    Tcl_DString scratch;	/* and where they were made, if needed; */
+    int decoded;		/* 1: bytes are in scratch, and hold. */
     Tcl_Obj *path;		/* SRC_FILE: normalized file name, */
     Tcl_WideInt offset, count;	/* where, and how much (-1: to EOF). */
     Scan scan;
@@ -808,10 +816,16 @@ typedef struct Node {
 } Node;
 
 typedef struct Seg {
-    int file;			/* 0: literal bytes; 1: file content. */
+    int file;			/* SEG_LIT, SEG_FILE or SEG_BYTES. */
     SmtpBuf lit;
     Tcl_Obj *path;
     Tcl_WideInt offset, count;
+    Tcl_Obj *value;		/* SEG_BYTES: the string value, and */
+    Tcl_DString *own;		/* its octets when decoded (not kept in
+				 * the array: a Tcl_DString may point into
+				 * itself), or */
+    int inValue;		/* 1: they are its string form (ASCII); */
+				/* else its byte array. */
     int enc, qpText;
     Tcl_WideInt size;		/* Octets this segment writes. */
 } Seg;
@@ -1058,9 +1072,10 @@ HeaderObj(
 /*
  * Points nd->bytes at the octets of a string leaf, each character's low 8
  * bits as mime treats them: a string form that is plain ASCII is used as
- * is, others go through SmtpGetBytes. The pointer holds until Tcl code
- * might run (which could change the value's representation), so it is
- * taken again before each use.
+ * is, others go through SmtpGetBytes. A pointer into the value holds
+ * until Tcl code might run (which could change the value's
+ * representation), so it is taken again before each use; octets decoded
+ * into nd->scratch are the node's own and are kept.
  */
 
 static void
@@ -1070,18 +1085,25 @@ StringBytes(
     Tcl_Obj *obj = nd->string;
     Tcl_Size len;
 
+    if (nd->decoded) {
+	return;
+    }
     if (obj->bytes != NULL) {
 	const unsigned char *s = (const unsigned char *) obj->bytes;
 	size_t n = (size_t) obj->length, i = 0;
 	uint64_t acc = 0;
 
-	for (; i + 8 <= n; i += 8) {
-	    uint64_t x;
+	while (i + 64 <= n && (acc & 0x8080808080808080ULL) == 0) {
+	    int k;
 
-	    memcpy(&x, s + i, 8);
-	    acc |= x;
+	    for (k = 0; k < 8; k++, i += 8) {
+		uint64_t x;
+
+		memcpy(&x, s + i, 8);
+		acc |= x;
+	    }
 	}
-	for (; i < n; i++) {
+	for (; i < n && (acc & 0x8080808080808080ULL) == 0; i++) {
 	    acc |= s[i];
 	}
 	if ((acc & 0x8080808080808080ULL) == 0) {
@@ -1093,6 +1115,8 @@ StringBytes(
     Tcl_DStringFree(&nd->scratch);
     nd->bytes = SmtpGetBytes(obj, &len, &nd->scratch);
     nd->len = (size_t) len;
+    nd->decoded = (nd->bytes
+	    == (const unsigned char *) Tcl_DStringValue(&nd->scratch));
 }
 
 static Tcl_Obj *
@@ -1803,6 +1827,26 @@ Boundaries(
  * ------------------------------------------------------------------------
  */
 
+static void
+SegFree(
+    Seg *sg)
+{
+    SmtpBufFree(&sg->lit);
+    if (sg->path) {
+	Tcl_DecrRefCount(sg->path);
+	sg->path = NULL;
+    }
+    if (sg->value) {
+	Tcl_DecrRefCount(sg->value);
+	sg->value = NULL;
+    }
+    if (sg->own) {
+	Tcl_DStringFree(sg->own);
+	ckfree(sg->own);
+	sg->own = NULL;
+    }
+}
+
 static Seg *
 NewSeg(
     Plan *pl,
@@ -1949,15 +1993,23 @@ EmitHeaders(
  * Encodes a string leaf into the literal segment.
  */
 
+static void EmitStringSeg(Plan *pl, Node *nd);
+
 static void
 EmitString(
     Plan *pl,
     Node *nd)
 {
-    SmtpBuf *b = Lit(pl);
-    size_t before = b->len;
+    SmtpBuf *b;
+    size_t before;
 
     StringBytes(nd);
+    if (nd->enc == ENC_B64 && nd->len >= STREAM_MIN) {
+	EmitStringSeg(pl, nd);
+	return;
+    }
+    b = Lit(pl);
+    before = b->len;
     switch (nd->enc) {
     case ENC_QP: {
 	QpEnc q;
@@ -1992,12 +2044,48 @@ EmitString(
     }
 }
 
+/*
+ * A long base64 string leaf as a segment of its own, encoded a block at a
+ * time while the message is sent: the plan then holds the octets (the
+ * value's own, or those decoded from it, which the segment takes over)
+ * rather than a third larger encoded copy.
+ */
+
+static void
+EmitStringSeg(
+    Plan *pl,
+    Node *nd)
+{
+    Seg *sg = NewSeg(pl, SEG_BYTES);
+
+    sg->value = nd->string;
+    Tcl_IncrRefCount(sg->value);
+    if (nd->decoded) {
+	/* Long, so the octets are on the heap: the pointer moves over. */
+	sg->own = (Tcl_DString *) ckalloc(sizeof(Tcl_DString));
+	*sg->own = nd->scratch;
+	Tcl_DStringInit(&nd->scratch);
+	nd->decoded = 0;
+	nd->bytes = NULL;
+    } else {
+	sg->inValue = (nd->string->bytes != NULL
+		&& nd->bytes == (const unsigned char *) nd->string->bytes);
+    }
+    sg->count = (Tcl_WideInt) nd->len;
+    sg->enc = ENC_B64;
+    sg->size = B64Size(sg->count);
+    if (sg->size > 0) {
+	pl->size += sg->size;
+	pl->last = '=';
+    }
+}
+
 static void
 EmitFile(
     Plan *pl,
     Node *nd)
 {
-    Seg *sg = NewSeg(pl, 1);
+    Seg *sg = NewSeg(pl, SEG_FILE);
 
     sg->path = nd->path;
     Tcl_IncrRefCount(sg->path);
@@ -2136,10 +2224,7 @@ PlanFree(
     int i;
 
     for (i = 0; i < pl->nsegs; i++) {
-	SmtpBufFree(&pl->segs[i].lit);
-	if (pl->segs[i].path) {
-	    Tcl_DecrRefCount(pl->segs[i].path);
-	}
+	SegFree(&pl->segs[i]);
     }
     if (pl->segs) {
 	ckfree(pl->segs);
@@ -2171,6 +2256,7 @@ typedef struct Writer {
     B64Enc b64;
     IdEnc id;
     unsigned char *block;
+    int started;		/* String segment: begun. */
 } Writer;
 
 static void
@@ -2184,10 +2270,7 @@ WriterClose(
 	Tcl_Close(NULL, w->chan);
     }
     for (i = 0; i < w->nsegs; i++) {
-	SmtpBufFree(&w->segs[i].lit);
-	if (w->segs[i].path) {
-	    Tcl_DecrRefCount(w->segs[i].path);
-	}
+	SegFree(&w->segs[i]);
     }
     if (w->segs) {
 	ckfree(w->segs);
@@ -2292,6 +2375,67 @@ WriteFileSeg(
     return 1;
 }
 
+/*
+ * Writes about 'want' more octets of a string leaf's segment to 'out'.
+ * The octets are taken again for each call: a byte array's may move when
+ * Tcl code (a -progress command, other events) uses the value meanwhile.
+ * Returns 1 when the segment is done, 0 when more follows, -1 on error.
+ */
+
+static int
+WriteBytesSeg(
+    Writer *w,
+    Seg *sg,
+    SmtpBuf *out,
+    size_t want,
+    Tcl_Obj **errPtr)
+{
+    size_t start = out->len;
+    const unsigned char *p;
+    Tcl_Size len;
+
+    if (!w->started) {
+	w->started = 1;
+	w->inDone = w->outDone = 0;
+	B64Init(&w->b64);
+    }
+    if (sg->own) {
+	p = (const unsigned char *) Tcl_DStringValue(sg->own);
+	len = Tcl_DStringLength(sg->own);
+    } else if (sg->inValue) {
+	p = (const unsigned char *) Tcl_GetStringFromObj(sg->value, &len);
+    } else {
+	p = Tcl_GetByteArrayFromObj(sg->value, &len);
+    }
+    if ((Tcl_WideInt) len != sg->count) {
+	*errPtr = Tcl_NewStringObj("a part's content changed while the"
+		" message was sent", -1);
+	return -1;
+    }
+    while (w->inDone < sg->count && out->len - start < want) {
+	Tcl_WideInt left = sg->count - w->inDone;
+	size_t n = left < FILE_BLOCK ? (size_t) left : FILE_BLOCK;
+
+	B64Encode(&w->b64, p + w->inDone, n, out);
+	w->inDone += (Tcl_WideInt) n;
+    }
+    if (w->inDone == sg->count) {
+	B64Finish(&w->b64, out);
+    }
+    w->outDone += (Tcl_WideInt) (out->len - start);
+    if (w->inDone < sg->count) {
+	return 0;
+    }
+    w->started = 0;
+    if (w->outDone != sg->size) {
+	*errPtr = Tcl_NewStringObj("a part's content changed while the"
+		" message was sent", -1);
+	return -1;
+    }
+    SegFree(sg);
+    return 1;
+}
+
 static int
 WriterRead(
     void *cd,
@@ -2319,8 +2463,11 @@ WriterRead(
 		w->cur++;
 	    }
 	} else {
-	    int st = WriteFileSeg(w, sg, out, want - (out->len - start),
-		    errPtr);
+	    int st = (sg->file == SEG_BYTES)
+		    ? WriteBytesSeg(w, sg, out, want - (out->len - start),
+			    errPtr)
+		    : WriteFileSeg(w, sg, out, want - (out->len - start),
+			    errPtr);
 
 	    if (st < 0) {
 		return -1;
