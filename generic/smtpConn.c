@@ -64,8 +64,11 @@ SmtpConnOpen(
     void *cd)
 {
     SmtpConn *c;
-    Tcl_Channel chan = Tcl_OpenTcpClient(interp, port, host, NULL, 0, 1);
+    Tcl_Channel chan = SmtpPlatformConnectNumeric(host, port);
 
+    if (chan == NULL) {
+	chan = Tcl_OpenTcpClient(interp, port, host, NULL, 0, 1);
+    }
     if (chan == NULL) {
 	return NULL;
     }
@@ -311,6 +314,41 @@ ChannelProc(
 	}
     }
     Tcl_Release(c);
+}
+
+/*
+ * For a caller that waits for the session to finish (a synchronous send):
+ * waits up to 'usec' microseconds directly on the socket for what the
+ * channel handler watches and, when it is ready, runs the handler at
+ * once. On loopback and fast networks most replies arrive within that
+ * time, and each wait then costs one system call instead of a round trip
+ * through Tcl 8.6's notifier thread. Returns 1 when the handler ran, 0
+ * when the caller should wait in the event loop (nothing ready yet, TLS
+ * or Tcl holding output that only the event loop flushes, or nothing
+ * watched).
+ */
+
+int
+SmtpConnPollDirect(
+    SmtpConn *c,
+    long usec)
+{
+    int ready;
+
+    if (c == NULL || c->dead || c->mask == 0
+	    || Tcl_OutputBuffered(c->chan) > 0) {
+	return 0;
+    }
+    if ((c->mask & TCL_READABLE) && Tcl_InputBuffered(c->chan) > 0) {
+	ready = TCL_READABLE;
+    } else {
+	ready = SmtpPlatformPoll(c->chan, c->mask, usec);
+    }
+    if (ready == 0) {
+	return 0;
+    }
+    ChannelProc(c, ready);
+    return 1;
 }
 
 static void

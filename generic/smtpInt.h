@@ -254,6 +254,7 @@ void		SmtpConnWantWritable(SmtpConn *c, int on);
 void		SmtpConnSetTimeout(SmtpConn *c, int secs);
 const char *	SmtpConnError(SmtpConn *c);
 void		SmtpConnClose(SmtpConn *c);
+int		SmtpConnPollDirect(SmtpConn *c, long usec);
 int		SmtpConnStartTls(SmtpConn *c, struct ssl_ctx_st *ctx,
 		    const char *host, int verify, Tcl_Obj **errPtr);
 Tcl_Obj *	SmtpConnTlsInfo(SmtpConn *c);
@@ -286,6 +287,8 @@ void		SmtpTlsFree(SmtpTls *t);
 
 void		SmtpPlatformNoDelay(Tcl_Channel chan);
 int		SmtpPlatformDate(char *buf, size_t size);
+int		SmtpPlatformPoll(Tcl_Channel chan, int mask, long usec);
+Tcl_Channel	SmtpPlatformConnectNumeric(const char *host, int port);
 
 /*
  * smtpCmd.c.

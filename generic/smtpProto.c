@@ -2349,13 +2349,48 @@ SmtpSessionSubmitAsync(
  * or error goes to the interpreter as with SmtpSessionRun.
  */
 
+/*
+ * How long a synchronous send first waits on the socket itself, and how
+ * long it may go on that way before it turns the event loop once more,
+ * so that the caller's other events (timers, file events, Tk) wait at
+ * most that long for sends that the server answers quickly. The time of
+ * the last turn is kept per thread, across calls: a script that sends
+ * one quick message after another still has its events served.
+ */
+
+#define DIRECT_WAIT_USEC	200
+#define DIRECT_SLICE_USEC	10000
+
+typedef struct WaitTsd {
+    Tcl_Time lastTurn;		/* Zero: never turned here. */
+} WaitTsd;
+
+static Tcl_ThreadDataKey waitKey;
+
+static void
+WaitFinished(
+    SmtpSession *s)
+{
+    WaitTsd *t = (WaitTsd *) Tcl_GetThreadData(&waitKey, sizeof(WaitTsd));
+    Tcl_Time now;
+
+    while (!s->finished) {
+	Tcl_GetTime(&now);
+	if ((now.sec - t->lastTurn.sec) * 1000000L
+		+ (now.usec - t->lastTurn.usec) < DIRECT_SLICE_USEC
+		&& SmtpConnPollDirect(s->conn, DIRECT_WAIT_USEC)) {
+	    continue;
+	}
+	Tcl_DoOneEvent(TCL_ALL_EVENTS);
+	Tcl_GetTime(&t->lastTurn);
+    }
+}
+
 int
 SmtpSessionWait(
     SmtpSession *s)
 {
-    while (!s->finished) {
-	Tcl_DoOneEvent(TCL_ALL_EVENTS);
-    }
+    WaitFinished(s);
     if (s->code == TCL_OK) {
 	Tcl_SetObjResult(s->interp, s->refused);
 	return TCL_OK;
@@ -2377,9 +2412,7 @@ SmtpSessionClose(
 	s->keepOpen = 0;
 	s->finished = 0;
 	Send(s, ST_QUIT, WAIT_QUIT, "QUIT", 4);
-	while (!s->finished) {
-	    Tcl_DoOneEvent(TCL_ALL_EVENTS);
-	}
+	WaitFinished(s);
     }
     CloseConn(s);
 }

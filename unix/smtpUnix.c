@@ -4,6 +4,9 @@
  *	Unix specifics: socket options Tcl does not expose.
  */
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE		/* ppoll() */
+#endif
 #include "smtpInt.h"
 #include <stdint.h>
 #include <stdio.h>
@@ -12,6 +15,11 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <poll.h>
+#include <errno.h>
 
 /*
  * Turns off Nagle's algorithm, so a small command written after a small
@@ -65,4 +73,106 @@ SmtpPlatformDate(
 	    tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
 	    off < 0 ? '-' : '+', mins / 60, mins % 60);
     return 1;
+}
+
+/*
+ * Waits at most 'usec' microseconds for the channel's socket to become
+ * ready for the events in 'mask' (TCL_READABLE, TCL_WRITABLE), directly
+ * with ppoll() rather than through Tcl's notifier. Returns the events
+ * that are ready (0 after the time, or on any doubt: the caller then
+ * waits in the event loop as usual).
+ */
+
+int
+SmtpPlatformPoll(
+    Tcl_Channel chan,
+    int mask,
+    long usec)
+{
+    void *handle;
+    struct pollfd pfd;
+    struct timespec ts;
+    int ready = 0;
+
+    if (Tcl_GetChannelHandle(chan, (mask & TCL_READABLE) ? TCL_READABLE
+	    : TCL_WRITABLE, &handle) != TCL_OK) {
+	return 0;
+    }
+    pfd.fd = (int) (intptr_t) handle;
+    pfd.events = (short) (((mask & TCL_READABLE) ? POLLIN : 0)
+	    | ((mask & TCL_WRITABLE) ? POLLOUT : 0));
+    pfd.revents = 0;
+    ts.tv_sec = usec / 1000000;
+    ts.tv_nsec = (usec % 1000000) * 1000;
+    if (ppoll(&pfd, 1, &ts, NULL) <= 0) {
+	return 0;
+    }
+    if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+	ready |= mask & TCL_READABLE;
+    }
+    if (pfd.revents & (POLLOUT | POLLHUP | POLLERR)) {
+	ready |= mask & TCL_WRITABLE;
+    }
+    return ready;
+}
+
+/*
+ * Starts a non-blocking connect to a numeric IPv4 or IPv6 address and
+ * makes a Tcl channel of the socket. Tcl_OpenTcpClient would pass even a
+ * numeric address through getaddrinfo(), whose AI_ADDRCONFIG asks the
+ * kernel for the machine's addresses (a netlink socket and a UDP socket
+ * per connection). Returns NULL for a host name, or when anything fails
+ * at once: the caller then uses Tcl_OpenTcpClient, which reports errors
+ * as usual.
+ */
+
+Tcl_Channel
+SmtpPlatformConnectNumeric(
+    const char *host,
+    int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int fd, flags;
+    Tcl_Channel chan;
+
+    memset(&ss, 0, sizeof(ss));
+    if (port <= 0 || port > 65535) {
+	return NULL;
+    }
+    if (inet_pton(AF_INET, host, &((struct sockaddr_in *) &ss)->sin_addr)
+	    == 1) {
+	struct sockaddr_in *sin = (struct sockaddr_in *) &ss;
+
+	sin->sin_family = AF_INET;
+	sin->sin_port = htons((unsigned short) port);
+	len = sizeof(struct sockaddr_in);
+    } else if (inet_pton(AF_INET6, host,
+	    &((struct sockaddr_in6 *) &ss)->sin6_addr) == 1) {
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *) &ss;
+
+	sin6->sin6_family = AF_INET6;
+	sin6->sin6_port = htons((unsigned short) port);
+	len = sizeof(struct sockaddr_in6);
+    } else {
+	return NULL;
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM, 0);
+    if (fd < 0) {
+	return NULL;
+    }
+    flags = fcntl(fd, F_GETFL);
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || flags < 0
+	    || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0
+	    || (connect(fd, (struct sockaddr *) &ss, len) < 0
+		&& errno != EINPROGRESS)) {
+	close(fd);
+	return NULL;
+    }
+    chan = Tcl_MakeTcpClientChannel((void *) (intptr_t) fd);
+    if (chan == NULL) {
+	close(fd);
+	return NULL;
+    }
+    return chan;
 }

@@ -39,3 +39,34 @@ SmtpPlatformDate(
     (void) size;
     return 0;
 }
+
+/*
+ * No direct wait on Windows: the caller always waits in the event loop
+ * (see unix/smtpUnix.c).
+ */
+
+int
+SmtpPlatformPoll(
+    Tcl_Channel chan,
+    int mask,
+    long usec)
+{
+    (void) chan;
+    (void) mask;
+    (void) usec;
+    return 0;
+}
+
+/*
+ * Numeric addresses go through Tcl_OpenTcpClient on Windows.
+ */
+
+Tcl_Channel
+SmtpPlatformConnectNumeric(
+    const char *host,
+    int port)
+{
+    (void) host;
+    (void) port;
+    return NULL;
+}
