@@ -10,6 +10,8 @@
 #	tclsh run.tcl ?-option value ...?
 #
 #	-sink PATH	the compiled sink (default: <work>/smtp-sink)
+#	-floor PATH	the compiled floor client, bench/floor.c (default:
+#			<work>/smtp-floor)
 #	-work DIR	input files, logs, raw rounds (default: ./bench-out)
 #	-results DIR	where RESULTS.md and results.png go (default: this
 #			directory for a full run, the work directory for a run
@@ -18,7 +20,7 @@
 #	-budget SECS	no further round once a cell has used this much time
 #			(BENCH_BUDGET, 45); every cell runs at least once
 #	-scenarios L	comma-separated subset of 1,2,3,4,5 (BENCH_SCENARIOS)
-#	-clients L	subset of ours,tcllib,python,curl,smtp-source
+#	-clients L	subset of ours,tcllib,python,curl,smtp-source,floor
 #			(BENCH_CLIENTS)
 #	-s5bytes N	size of scenario 5's file (BENCH_S5_BYTES, 1 GiB)
 #
@@ -40,12 +42,13 @@ proc envOr {name default} {
 
 array set opt [list \
     -sink      "" \
+    -floor     "" \
     -work      [file normalize bench-out] \
     -results   "" \
     -rounds    [envOr BENCH_ROUNDS 5] \
     -budget    [envOr BENCH_BUDGET 45] \
     -scenarios [envOr BENCH_SCENARIOS 1,2,3,4,5] \
-    -clients   [envOr BENCH_CLIENTS ours,tcllib,python,curl,smtp-source] \
+    -clients   [envOr BENCH_CLIENTS ours,tcllib,python,curl,smtp-source,floor] \
     -s5bytes   [envOr BENCH_S5_BYTES [expr {1 << 30}]] \
 ]
 if {[llength $argv] % 2} {
@@ -63,8 +66,11 @@ set opt(-work) [file normalize $opt(-work)]
 if {$opt(-sink) eq ""} {
     set opt(-sink) [file join $opt(-work) smtp-sink]
 }
+if {$opt(-floor) eq ""} {
+    set opt(-floor) [file join $opt(-work) smtp-floor]
+}
 set allScenarios {1 2 3 4 5}
-set allClients {ours tcllib python curl smtp-source}
+set allClients {ours tcllib python curl smtp-source floor}
 set scenarios [split $opt(-scenarios) ", "]
 set clients [split $opt(-clients) ", "]
 foreach s $scenarios {
@@ -79,8 +85,8 @@ foreach c $clients {
 	exit 2
     }
 }
-set fullRun [expr {[llength [lsort -unique $scenarios]] == 5
-		   && [llength [lsort -unique $clients]] == 5}]
+set fullRun [expr {[llength [lsort -unique $scenarios]] == [llength $allScenarios]
+		   && [llength [lsort -unique $clients]] == [llength $allClients]}]
 if {$opt(-results) eq ""} {
     set opt(-results) [expr {$fullRun ? $here : $opt(-work)}]
 }
@@ -91,6 +97,7 @@ if {$opt(-results) eq ""} {
 array set count {
     1,ours 2000  1,tcllib 100  1,python 2000  1,curl 200  1,smtp-source 2000
     4,ours 20    4,tcllib 5    4,python 20    4,curl 5    4,smtp-source 20
+    1,floor 2000 4,floor 20
 }
 set s5probe [expr {50 << 20}]
 
@@ -295,6 +302,23 @@ proc cell {scenario client {size full}} {
 		    -f a@example.com -t b@example.org -M client.example \
 		    127.0.0.1:$port]
 	    set note "-s 1 -m $msgs -r $rcpts -l [file size [file join $data s1.txt]]"
+	    set env tcllib
+	}
+	floor {
+	    # bench/floor.c: the message file smtplib and curl send, ours'
+	    # connections and commands, and nothing else. With -w it waits
+	    # for the MAIL and RCPT replies before BDAT, as ours must (a
+	    # refused recipient stops the message unless -atleastone).
+	    if {$scenario ni {1 4}} {
+		return {}
+	    }
+	    if {![file executable $::opt(-floor)]} {
+		say "  floor: no client at $::opt(-floor) (make bench builds it)"
+		return {}
+	    }
+	    set cmd [list $::opt(-floor) -w $port $eml $msgs $rcpts]
+	    set note "bare C, blocking sockets, ours' dialogue and round\
+		    trips: this machine's and the sink's limit"
 	    set env tcllib
 	}
     }
@@ -640,6 +664,14 @@ proc ratioOf {s a b} {
     expr {[rate $s $a] / [rate $s $b]}
 }
 set targets {}
+# A reference row: shown with the targets, passes or misses nothing.
+proc addInfo {s text value fmt} {
+    if {$value eq ""} {
+	lappend ::targets [list $s $text "not measured" info]
+	return
+    }
+    lappend ::targets [list $s $text [format $fmt $value] info]
+}
 proc addTarget {s text value cond fmt} {
     if {$value eq ""} {
 	lappend ::targets [list $s $text "not measured" n/a]
@@ -653,6 +685,10 @@ proc addTarget {s text value cond fmt} {
 if {1 in $scenarios} {
     addTarget 1 "≥ 100× tcllib messages/s" [ratioOf 1 ours tcllib] {$v >= 100} %.1f×
     addTarget 1 "≥ 0.6× smtp-source messages/s" [ratioOf 1 ours smtp-source] {$v >= 0.6} %.2f×
+    if {"floor" in $clients && "tcllib" in $clients} {
+	addInfo 1 "reference: floor ÷ tcllib messages/s (this machine's\
+		limit)" [ratioOf 1 floor tcllib] %.1f×
+    }
 }
 if {2 in $scenarios} {
     addTarget 2 "≥ 1000× tcllib" [ratioOf 2 ours tcllib] {$v >= 1000} %.1f×
@@ -775,9 +811,10 @@ lappend md "Written by \`make bench\` (bench/run.tcl); see README.md for what th
     "Rate is messages/s (1), ms per message (4) or MB/s of input, 1 MB = 10^6" \
     "octets (2, 3, 5). \"vs tcllib\" is the rate over tcllib's rate. Octets/msg" \
     "is what the sink received per message (dot-stuffed DATA or BDAT chunks)." \
-    "Times of Tcl and Python clients cover the sends only (tokens and" \
-    "message files are ready before the clock starts); curl and smtp-source" \
-    "are timed from outside, process start included." ""
+    "Times of Tcl and Python clients and of floor (bench/floor.c, a bare C" \
+    "client: the limit of this machine and sink) cover the sends only" \
+    "(tokens and message files are ready before the clock starts); curl and" \
+    "smtp-source are timed from outside, process start included." ""
 foreach l $machine {
     lappend md "- $l"
 }
@@ -843,7 +880,8 @@ proc chart {} {
 	5 "5: file attachment (MB/s)"
 	rss "5: peak RSS growth (MB, lower is better)"
     }
-    set colors {ours #1b9e77 tcllib #d95f02 python #7570b3 curl #e7298a smtp-source #66a61e}
+    set colors {ours #1b9e77 tcllib #d95f02 python #7570b3 curl #e7298a
+	smtp-source #66a61e floor #666666}
     set gp {}
     lappend gp "set terminal pngcairo size 1500,900 font 'sans,10'" \
 	"set output '[file join $opt(-results) results.png]'" \
