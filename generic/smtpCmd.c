@@ -600,6 +600,124 @@ RestoreToken(
  * to be written.
  */
 
+/*
+ * What "mime::setheader part key value -mode append" does for each value,
+ * done on the token's lists at once instead of one Tcl call per value:
+ * a header new to the token goes at the end of lowerL and mixedL, and
+ * each value is appended to its list in the header dictionary. Only for
+ * the headers that setheader takes without question: Content-Type,
+ * Content-Transfer-Encoding, Content-MD5 and MIME-Version are checked by
+ * setheader against mime::getheader, so with any of those (or a token
+ * whose lists are not as mime 1.7 keeps them, or mime's "internal" flag
+ * set) this returns 0 with the token untouched, for the calls. Returns 1
+ * when done, -1 (error in the interpreter) when a variable of the token
+ * could not be set.
+ */
+
+static int
+ApplyHeadersDirect(
+    Tcl_Interp *interp,
+    Tcl_Obj *part,
+    Headers *h)
+{
+    static const char *const checked[] = {
+	"content-type", "content-transfer-encoding", "content-md5",
+	"mime-version", NULL
+    };
+    const char *name = Tcl_GetString(part);
+    Tcl_Obj *header, *lowerL, *mixedL, *internal, **lowers, **mixeds;
+    Tcl_Size n, nm, i, k, size;
+    int flag, ok = 1;
+
+    internal = Tcl_GetVar2Ex(interp, "::mime::internal", NULL,
+	    TCL_GLOBAL_ONLY);
+    header = Tcl_GetVar2Ex(interp, name, "header", TCL_GLOBAL_ONLY);
+    lowerL = Tcl_GetVar2Ex(interp, name, "lowerL", TCL_GLOBAL_ONLY);
+    mixedL = Tcl_GetVar2Ex(interp, name, "mixedL", TCL_GLOBAL_ONLY);
+    if (internal == NULL || Tcl_GetBooleanFromObj(NULL, internal, &flag)
+	    != TCL_OK || flag || header == NULL || lowerL == NULL
+	    || mixedL == NULL || Tcl_DictObjSize(NULL, header, &size) != TCL_OK
+	    || Tcl_ListObjLength(NULL, lowerL, &n) != TCL_OK
+	    || Tcl_ListObjLength(NULL, mixedL, &nm) != TCL_OK || n != nm) {
+	return 0;
+    }
+    Tcl_ListObjGetElements(NULL, h->lowerL, &n, &lowers);
+    Tcl_ListObjGetElements(NULL, h->mixedL, &nm, &mixeds);
+    if (n != nm) {
+	return 0;
+    }
+    for (i = 0; i < n; i++) {
+	for (k = 0; checked[k]; k++) {
+	    if (strcmp(Tcl_GetString(lowers[i]), checked[k]) == 0) {
+		return 0;
+	    }
+	}
+    }
+    header = Tcl_DuplicateObj(header);
+    lowerL = Tcl_DuplicateObj(lowerL);
+    mixedL = Tcl_DuplicateObj(mixedL);
+    Tcl_IncrRefCount(header);
+    Tcl_IncrRefCount(lowerL);
+    Tcl_IncrRefCount(mixedL);
+    for (i = 0; i < n && ok; i++) {
+	Tcl_Obj *vals = HeadersGet(h, Tcl_GetString(lowers[i]));
+	Tcl_Obj *lower, *cur = NULL, **have, **v;
+	Tcl_Size nh, nv, j;
+	Tcl_DString ds;
+
+	if (vals == NULL
+		|| Tcl_ListObjGetElements(NULL, vals, &nv, &v) != TCL_OK
+		|| nv == 0) {
+	    continue;
+	}
+	/* setheader's [string tolower $key]. */
+	Tcl_DStringInit(&ds);
+	Tcl_DStringAppend(&ds, Tcl_GetString(mixeds[i]), -1);
+	Tcl_DStringSetLength(&ds, (Tcl_Size) Tcl_UtfToLower(
+		Tcl_DStringValue(&ds)));
+	lower = Tcl_NewStringObj(Tcl_DStringValue(&ds),
+		Tcl_DStringLength(&ds));
+	Tcl_DStringFree(&ds);
+	Tcl_IncrRefCount(lower);
+	Tcl_ListObjGetElements(NULL, lowerL, &nh, &have);
+	for (j = 0; j < nh; j++) {
+	    if (strcmp(Tcl_GetString(have[j]), Tcl_GetString(lower)) == 0) {
+		break;
+	    }
+	}
+	if (j == nh) {
+	    Tcl_ListObjAppendElement(NULL, lowerL, lower);
+	    Tcl_ListObjAppendElement(NULL, mixedL, mixeds[i]);
+	}
+	if (Tcl_DictObjGet(NULL, header, lower, &cur) != TCL_OK) {
+	    ok = 0;
+	} else {
+	    cur = cur ? Tcl_DuplicateObj(cur) : Tcl_NewListObj(0, NULL);
+	    for (j = 0; j < nv && ok; j++) {
+		ok = Tcl_ListObjAppendElement(NULL, cur, v[j]) == TCL_OK;
+	    }
+	    if (ok) {
+		Tcl_DictObjPut(NULL, header, lower, cur);
+	    } else {
+		Tcl_DecrRefCount(cur);
+	    }
+	}
+	Tcl_DecrRefCount(lower);
+    }
+    if (ok && (Tcl_SetVar2Ex(interp, name, "header", header,
+		TCL_GLOBAL_ONLY | TCL_LEAVE_ERR_MSG) == NULL
+	    || Tcl_SetVar2Ex(interp, name, "lowerL", lowerL,
+		TCL_GLOBAL_ONLY | TCL_LEAVE_ERR_MSG) == NULL
+	    || Tcl_SetVar2Ex(interp, name, "mixedL", mixedL,
+		TCL_GLOBAL_ONLY | TCL_LEAVE_ERR_MSG) == NULL)) {
+	ok = -1;
+    }
+    Tcl_DecrRefCount(header);
+    Tcl_DecrRefCount(lowerL);
+    Tcl_DecrRefCount(mixedL);
+    return ok;
+}
+
 static int
 ApplyHeaders(
     Tcl_Interp *interp,
@@ -609,6 +727,12 @@ ApplyHeaders(
     Tcl_Size n, i;
     Tcl_Obj **lowers, **mixeds;
 
+    switch (ApplyHeadersDirect(interp, part, h)) {
+    case 1:
+	return TCL_OK;
+    case -1:
+	return TCL_ERROR;
+    }
     Tcl_ListObjGetElements(NULL, h->lowerL, &n, &lowers);
     Tcl_ListObjGetElements(NULL, h->mixedL, &n, &mixeds);
     for (i = 0; i < n; i++) {
