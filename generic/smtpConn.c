@@ -206,9 +206,23 @@ FeedTls(
 		Tcl_ErrnoMsg(Tcl_GetErrno()));
     }
     if (st < 0) {
+	Tcl_IncrRefCount(err);
+	if (!c->handshaking && SmtpBufAvail(&c->plain) > 0) {
+	    /*
+	     * The server's last replies came in the same read as its
+	     * close_notify (a QUIT sent behind the message is answered and
+	     * the connection closed at once): they count first.
+	     */
+
+	    c->ev->readable(c->cd, SmtpBufPtr(&c->plain),
+		    SmtpBufAvail(&c->plain));
+	    if (c->dead) {
+		Tcl_DecrRefCount(err);
+		return;
+	    }
+	}
 	c->dead = 1;
 	SetMask(c, 0);
-	Tcl_IncrRefCount(err);
 	if (c->handshaking) {
 	    c->handshaking = 0;
 	    c->ev->tlsDone(c->cd, err);
