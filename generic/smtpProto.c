@@ -61,6 +61,7 @@ struct SmtpSession {
     int pipelining;		/* The server offers PIPELINING. */
     int chunking;		/* BDAT instead of DATA. */
     int bdatPending;		/* BDAT replies still to come. */
+    int quitSent;		/* QUIT went out behind the last message. */
     int pipeData;		/* DATA went out in the batch. */
     int mailCode;		/* Reply to MAIL (pipelined: kept until the
 				 * batch's replies are in). */
@@ -325,7 +326,7 @@ static void
 Abort(
     SmtpSession *s)
 {
-    if (s->conn) {
+    if (s->conn && !s->quitSent) {
 	if (s->opts->debug) {
 	    Debug(s, Tcl_NewStringObj("--> RSET (wait upto 0 seconds)", -1));
 	    Debug(s, Tcl_NewStringObj("--> QUIT (wait upto 0 seconds)", -1));
@@ -665,6 +666,7 @@ TryNextServer(
 	    Debug(s, Tcl_ObjPrintf("Trying %s...", host));
 	}
 	s->conn = SmtpConnOpen(s->interp, host, port, &sessionEvents, s);
+	s->quitSent = 0;
 	if (s->conn == NULL) {
 	    Tcl_Obj *why = Tcl_GetObjResult(s->interp);
 
@@ -959,6 +961,7 @@ SendRcpt(
 }
 
 static void StartBody(SmtpSession *s);
+static void QuitDebug(SmtpSession *s);
 
 /*
  * After the last RCPT reply: send the message, or reset when tcllib's
@@ -995,6 +998,10 @@ EndTransaction(
 	SmtpConnSetTimeout(s->conn, -1);
 	s->code = TCL_OK;
 	MarkDone(s);
+    } else if (s->quitSent) {
+	/* QUIT went out with the message: its reply is next. */
+	s->state = ST_QUIT;
+	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_QUIT));
     } else {
 	Send(s, ST_QUIT, WAIT_QUIT, "QUIT", 4);
     }
@@ -1027,6 +1034,9 @@ AfterBody(
     int secs = s->opts->maxsecs > WAIT_MAX ? WAIT_MAX : s->opts->maxsecs;
     if (s->opts->debug && !s->chunking) {
 	Debug(s, Tcl_ObjPrintf("--> . (wait upto %d seconds)", secs));
+	if (s->quitSent) {
+	    QuitDebug(s);
+	}
     }
     s->lmtpIdx = 0;
     s->state = s->opts->lmtp ? ST_LMTP : ST_DOT;
@@ -1075,6 +1085,33 @@ Progress(
  * into BDAT chunks), as fast as the socket takes it without holding more
  * than a chunk or two in memory.
  */
+
+/*
+ * Whether QUIT may follow the last message in the same write (RFC 2920:
+ * with PIPELINING, QUIT may end a group, and the message's content may
+ * begin one): after the last message of a one-shot send, not on a kept
+ * connection and not with LMTP, whose replies per recipient come first.
+ * The message's reply is still awaited and reported; the one round trip
+ * saved is QUIT's.
+ */
+
+static int
+QuitBehind(
+    SmtpSession *s)
+{
+    return s->pipelining && !s->keepOpen && !s->opts->lmtp
+	    && s->cur == s->nmsgs - 1;
+}
+
+static void
+QuitDebug(
+    SmtpSession *s)
+{
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("--> QUIT (wait upto %d seconds)",
+		Shown(s, WAIT_QUIT)));
+    }
+}
 
 static void
 PumpBody(
@@ -1125,6 +1162,13 @@ PumpBody(
 	    s->bdatPending++;
 	}
 	SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
+	if (s->bodyDone && QuitBehind(s)) {
+	    SmtpConnWrite(s->conn, "QUIT\r\n", 6);
+	    s->quitSent = 1;
+	    if (s->chunking) {
+		QuitDebug(s);
+	    }
+	}
 	if (SmtpConnFlush(s->conn) != TCL_OK) {
 	    OnClosed(s, SmtpConnError(s->conn));
 	    return;
