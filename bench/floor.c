@@ -26,7 +26,8 @@
  *	the RCPTs and, with CHUNKING, "BDAT n LAST" and the message, all in
  *	one write when PIPELINING is offered (without it, one command at a
  *	time); without CHUNKING, DATA, the 354, the dot-stuffed message and
- *	the final dot; then QUIT and its 221.  Any other reply ends the run
+ *	the final dot; then QUIT (with PIPELINING in the same write as the
+ *	message, as the package does) and its 221.  Any other reply ends the run
  *	with status 1 and a message on standard error.
  *
  *	It prints one line, as client.tcl does:
@@ -77,6 +78,10 @@ struct plan {
     int caps;			/* capabilities it was made for; -1: none */
     struct buf mail;		/* MAIL FROM line */
     struct buf batch;		/* with PIPELINING: everything up to the body */
+    struct buf body;		/* the message as written after the replies
+				 * (BDAT line and message, or the dot-stuffed
+				 * message), with QUIT behind it when
+				 * PIPELINING is offered */
 };
 
 static const char *progName = "smtp-floor";
@@ -460,7 +465,7 @@ main(
 
 	if (caps != plan.caps) {
 	    plan.caps = caps;
-	    plan.mail.len = plan.batch.len = 0;
+	    plan.mail.len = plan.batch.len = plan.body.len = 0;
 	    snprintf(line, sizeof(line), "MAIL FROM:<a@example.com>");
 	    BufStr(&plan.mail, line);
 	    if (caps & CAP_SIZE) {
@@ -475,9 +480,21 @@ main(
 		    snprintf(line, sizeof(line), "BDAT %zu LAST\r\n", msg.len);
 		    BufStr(&plan.batch, line);
 		    BufAdd(&plan.batch, msg.p, msg.len);
+		    BufStr(&plan.batch, "QUIT\r\n");
 		} else {
 		    BufStr(&plan.batch, "DATA\r\n");
 		}
+	    }
+	    if (caps & CAP_CHUNKING) {
+		snprintf(line, sizeof(line), "BDAT %zu LAST\r\n", msg.len);
+		BufStr(&plan.body, line);
+		BufAdd(&plan.body, msg.p, msg.len);
+	    } else {
+		BufAdd(&plan.body, stuffed.p, stuffed.len);
+	    }
+	    if (caps & CAP_PIPELINING) {
+		/* As the package does: QUIT behind the message. */
+		BufStr(&plan.body, "QUIT\r\n");
 	    }
 	}
 
@@ -498,9 +515,7 @@ main(
 	}
 	if (caps & CAP_CHUNKING) {
 	    if (waitRcpt || !(caps & CAP_PIPELINING)) {
-		snprintf(line, sizeof(line), "BDAT %zu LAST\r\n", msg.len);
-		WriteAll(r->fd, line, strlen(line));
-		WriteAll(r->fd, msg.p, msg.len);
+		WriteAll(r->fd, plan.body.p, plan.body.len);
 	    }
 	    Expect(r, 250, "BDAT LAST");
 	} else {
@@ -508,10 +523,12 @@ main(
 		WriteAll(r->fd, "DATA\r\n", 6);
 	    }
 	    Expect(r, 354, "DATA");
-	    WriteAll(r->fd, stuffed.p, stuffed.len);
+	    WriteAll(r->fd, plan.body.p, plan.body.len);
 	    Expect(r, 250, "end of data");
 	}
-	WriteAll(r->fd, "QUIT\r\n", 6);
+	if (!(caps & CAP_PIPELINING)) {
+	    WriteAll(r->fd, "QUIT\r\n", 6);
+	}
 	Expect(r, 221, "QUIT");
 	if (r->start != r->len) {
 	    Fail("%zu octets after the reply to QUIT", r->len - r->start);
