@@ -4,9 +4,6 @@
  *	Unix specifics: socket options Tcl does not expose.
  */
 
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE		/* ppoll() */
-#endif
 #include "smtpInt.h"
 #include <stdint.h>
 #include <stdio.h>
@@ -18,7 +15,8 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <unistd.h>
-#include <poll.h>
+#include <sys/select.h>
+#include <sys/time.h>
 #include <errno.h>
 
 /*
@@ -78,9 +76,10 @@ SmtpPlatformDate(
 /*
  * Waits at most 'usec' microseconds for the channel's socket to become
  * ready for the events in 'mask' (TCL_READABLE, TCL_WRITABLE), directly
- * with ppoll() rather than through Tcl's notifier. Returns the events
- * that are ready (0 after the time, or on any doubt: the caller then
- * waits in the event loop as usual).
+ * with select() rather than through Tcl's notifier (select, not ppoll,
+ * which not every Unix has). Returns the events that are ready (0 after
+ * the time, or on any doubt: the caller then waits in the event loop as
+ * usual).
  */
 
 int
@@ -90,28 +89,36 @@ SmtpPlatformPoll(
     long usec)
 {
     void *handle;
-    struct pollfd pfd;
-    struct timespec ts;
-    int ready = 0;
+    int fd, ready = 0;
+    fd_set rd, wr;
+    struct timeval tv;
 
     if (Tcl_GetChannelHandle(chan, (mask & TCL_READABLE) ? TCL_READABLE
 	    : TCL_WRITABLE, &handle) != TCL_OK) {
 	return 0;
     }
-    pfd.fd = (int) (intptr_t) handle;
-    pfd.events = (short) (((mask & TCL_READABLE) ? POLLIN : 0)
-	    | ((mask & TCL_WRITABLE) ? POLLOUT : 0));
-    pfd.revents = 0;
-    ts.tv_sec = usec / 1000000;
-    ts.tv_nsec = (usec % 1000000) * 1000;
-    if (ppoll(&pfd, 1, &ts, NULL) <= 0) {
+    fd = (int) (intptr_t) handle;
+    if (fd < 0 || fd >= FD_SETSIZE) {
 	return 0;
     }
-    if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
-	ready |= mask & TCL_READABLE;
+    FD_ZERO(&rd);
+    FD_ZERO(&wr);
+    if (mask & TCL_READABLE) {
+	FD_SET(fd, &rd);
     }
-    if (pfd.revents & (POLLOUT | POLLHUP | POLLERR)) {
-	ready |= mask & TCL_WRITABLE;
+    if (mask & TCL_WRITABLE) {
+	FD_SET(fd, &wr);
+    }
+    tv.tv_sec = usec / 1000000;
+    tv.tv_usec = usec % 1000000;
+    if (select(fd + 1, &rd, &wr, NULL, &tv) <= 0) {
+	return 0;
+    }
+    if (FD_ISSET(fd, &rd)) {
+	ready |= TCL_READABLE;
+    }
+    if (FD_ISSET(fd, &wr)) {
+	ready |= TCL_WRITABLE;
     }
     return ready;
 }
