@@ -266,7 +266,8 @@ LowBytesFast(
  * shared table would be global state).
  */
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) \
+	&& !defined(SMTP_NO_SSSE3)
 #define LB_SSSE3 1
 #include <immintrin.h>
 

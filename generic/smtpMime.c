@@ -301,11 +301,47 @@ QpFinish(
 
 /*
  * Base64 (RFC 2045 6.8) in lines of 76 characters, as mime writes it: CRLF
- * between lines, none after the last.
+ * between lines, none after the last. A line's break is written with the
+ * quantum that follows it.
  */
 
 static const char b64Digits[] =
 	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/*
+ * The two digits of each 12-bit value v, at b64Pairs[2 * v]: the row of
+ * a first digit c is c followed by each digit in turn, and the rows come
+ * in the order of their first digits.
+ */
+
+#define B64_ROW(c) \
+	c "A" c "B" c "C" c "D" c "E" c "F" c "G" c "H" \
+	c "I" c "J" c "K" c "L" c "M" c "N" c "O" c "P" \
+	c "Q" c "R" c "S" c "T" c "U" c "V" c "W" c "X" \
+	c "Y" c "Z" c "a" c "b" c "c" c "d" c "e" c "f" \
+	c "g" c "h" c "i" c "j" c "k" c "l" c "m" c "n" \
+	c "o" c "p" c "q" c "r" c "s" c "t" c "u" c "v" \
+	c "w" c "x" c "y" c "z" c "0" c "1" c "2" c "3" \
+	c "4" c "5" c "6" c "7" c "8" c "9" c "+" c "/"
+
+static const char b64Pairs[] =
+	B64_ROW("A") B64_ROW("B") B64_ROW("C") B64_ROW("D")
+	B64_ROW("E") B64_ROW("F") B64_ROW("G") B64_ROW("H")
+	B64_ROW("I") B64_ROW("J") B64_ROW("K") B64_ROW("L")
+	B64_ROW("M") B64_ROW("N") B64_ROW("O") B64_ROW("P")
+	B64_ROW("Q") B64_ROW("R") B64_ROW("S") B64_ROW("T")
+	B64_ROW("U") B64_ROW("V") B64_ROW("W") B64_ROW("X")
+	B64_ROW("Y") B64_ROW("Z") B64_ROW("a") B64_ROW("b")
+	B64_ROW("c") B64_ROW("d") B64_ROW("e") B64_ROW("f")
+	B64_ROW("g") B64_ROW("h") B64_ROW("i") B64_ROW("j")
+	B64_ROW("k") B64_ROW("l") B64_ROW("m") B64_ROW("n")
+	B64_ROW("o") B64_ROW("p") B64_ROW("q") B64_ROW("r")
+	B64_ROW("s") B64_ROW("t") B64_ROW("u") B64_ROW("v")
+	B64_ROW("w") B64_ROW("x") B64_ROW("y") B64_ROW("z")
+	B64_ROW("0") B64_ROW("1") B64_ROW("2") B64_ROW("3")
+	B64_ROW("4") B64_ROW("5") B64_ROW("6") B64_ROW("7")
+	B64_ROW("8") B64_ROW("9") B64_ROW("+") B64_ROW("/");
+#undef B64_ROW
 
 typedef struct B64Enc {
     unsigned char carry[3];
@@ -349,6 +385,139 @@ B64Quantum(
     return o;
 }
 
+/*
+ * On x86-64 CPUs with SSSE3 (nearly all), twelve octets into sixteen
+ * digits at a time. A byte shuffle gives each group of three octets a
+ * 32-bit lane holding its middle octet, first octet, last octet and
+ * middle octet again, in that order: the lane's low 16 bits are then the
+ * first two octets, its high 16 bits the last two, and each of the four
+ * 6-bit values is a fixed bit field of one 16-bit half. Masks pick the
+ * fields, and 16-bit multiplications move each to its own byte (the high
+ * half of a product by 2^k is a shift right by 16-k, the low half a shift
+ * left by k, and k can differ between the 16-bit elements). A digit is
+ * then its value plus an offset that depends only on the value's range
+ * (A-Z, a-z, 0-9, '+', '/'): the range is made a small index, and a
+ * shuffle looks the offset up.
+ */
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) \
+	&& !defined(SMTP_NO_SSSE3)
+#define B64_SSSE3 1
+#include <immintrin.h>
+
+__attribute__((target("ssse3")))
+static inline __m128i
+B64Step(
+    __m128i x)			/* Octets 0-11 are encoded, 12-15 unused. */
+{
+    const __m128i spread = _mm_setr_epi8(1, 0, 2, 1, 4, 3, 5, 4,
+	    7, 6, 8, 7, 10, 9, 11, 10);
+    const __m128i offsets = _mm_setr_epi8('a' - 26, '0' - 52, '0' - 52,
+	    '0' - 52, '0' - 52, '0' - 52, '0' - 52, '0' - 52, '0' - 52,
+	    '0' - 52, '0' - 52, '+' - 62, '/' - 63, 'A', 0, 0);
+    __m128i right, left, v, idx;
+
+    x = _mm_shuffle_epi8(x, spread);
+
+    /*
+     * Low half: first << 8 | middle; the values are its bits 10-15 (to
+     * byte 0: times 2^6, high half) and 4-9 (to byte 1: times 2^4, low
+     * half). High half: middle << 8 | last; bits 6-11 (to byte 2: times
+     * 2^10, high half) and 0-5 (to byte 3: times 2^8, low half).
+     */
+
+    right = _mm_mulhi_epu16(_mm_and_si128(x, _mm_set1_epi32(0x0FC0FC00)),
+	    _mm_set1_epi32(0x04000040));
+    left = _mm_mullo_epi16(_mm_and_si128(x, _mm_set1_epi32(0x003F03F0)),
+	    _mm_set1_epi32(0x01000010));
+    v = _mm_or_si128(right, left);
+
+    /*
+     * The offset's index: 0 for 26-51, 1-10 for 52-61, 11 for 62, 12 for
+     * 63 (the value less 51, not below 0), 13 for 0-25.
+     */
+
+    idx = _mm_subs_epu8(v, _mm_set1_epi8(51));
+    idx = _mm_or_si128(idx, _mm_and_si128(
+	    _mm_cmpgt_epi8(_mm_set1_epi8(26), v), _mm_set1_epi8(13)));
+    return _mm_add_epi8(v, _mm_shuffle_epi8(offsets, idx));
+}
+
+/*
+ * Encodes whole quanta from *pPtr while at least 16 octets are left, so
+ * that no load reads past the input; updates *pPtr, *nPtr and the column
+ * and returns the new output position. The last quanta of a line (one to
+ * three) take a step of their own of which the rest is overwritten by the
+ * line break and the next line, which surely follow in this call since
+ * sixteen octets were left. Whole lines, while at least 64 octets are
+ * left, are five steps (the last keeping three quanta) and their break,
+ * written at once since at least seven octets follow.
+ */
+
+__attribute__((target("ssse3")))
+static unsigned char *
+B64EncodeSsse3(
+    B64Enc *b,
+    unsigned char *o,
+    const unsigned char **pPtr,
+    size_t *nPtr)
+{
+    const unsigned char *p = *pPtr, *end = p + *nPtr;
+    int col = b->col, q;
+
+    while (end - p >= 16) {
+	if (col == B64_LINE) {
+	    *o++ = '\r';
+	    *o++ = '\n';
+	    col = 0;
+	}
+	while (col == 0 && end - p >= 64) {
+	    __m128i x0 = _mm_loadu_si128((const __m128i *) p);
+	    __m128i x1 = _mm_loadu_si128((const __m128i *) (p + 12));
+	    __m128i x2 = _mm_loadu_si128((const __m128i *) (p + 24));
+	    __m128i x3 = _mm_loadu_si128((const __m128i *) (p + 36));
+	    __m128i x4 = _mm_loadu_si128((const __m128i *) (p + 48));
+
+	    _mm_storeu_si128((__m128i *) o, B64Step(x0));
+	    _mm_storeu_si128((__m128i *) (o + 16), B64Step(x1));
+	    _mm_storeu_si128((__m128i *) (o + 32), B64Step(x2));
+	    _mm_storeu_si128((__m128i *) (o + 48), B64Step(x3));
+	    _mm_storeu_si128((__m128i *) (o + 64), B64Step(x4));
+	    o[B64_LINE] = '\r';
+	    o[B64_LINE + 1] = '\n';
+	    o += B64_LINE + 2;
+	    p += B64_LINE / 4 * 3;
+	}
+	q = (B64_LINE - col) / 4;
+	while (q >= 4 && end - p >= 16) {
+	    _mm_storeu_si128((__m128i *) o,
+		    B64Step(_mm_loadu_si128((const __m128i *) p)));
+	    o += 16;
+	    p += 12;
+	    col += 16;
+	    q -= 4;
+	}
+	if (q > 0 && q < 4 && end - p >= 16) {
+	    _mm_storeu_si128((__m128i *) o,
+		    B64Step(_mm_loadu_si128((const __m128i *) p)));
+	    o += 4 * q;
+	    p += 3 * q;
+	    col += 4 * q;
+	}
+    }
+    b->col = col;
+    *nPtr = (size_t) (end - p);
+    *pPtr = p;
+    return o;
+}
+#endif /* x86-64 */
+
+/*
+ * Encodes n octets, carrying up to two and the column to the next call.
+ * Without SSSE3, and for what is left after it, three octets at a time, a
+ * 12-bit half into two digits at a time.
+ */
+
 static void
 B64Encode(
     B64Enc *b,
@@ -368,6 +537,11 @@ B64Encode(
 	o = B64Quantum(b, o, b->carry, 3);
 	b->ncarry = 0;
     }
+#ifdef B64_SSSE3
+    if (n >= 16 && __builtin_cpu_supports("ssse3")) {
+	o = B64EncodeSsse3(b, o, &p, &n);
+    }
+#endif
     while (n >= 3) {
 	size_t q = (size_t) (B64_LINE - b->col) / 4, k;
 
@@ -383,10 +557,8 @@ B64Encode(
 	for (k = 0; k < q; k++) {
 	    unsigned v = (unsigned) p[0] << 16 | (unsigned) p[1] << 8 | p[2];
 
-	    o[0] = (unsigned char) b64Digits[v >> 18];
-	    o[1] = (unsigned char) b64Digits[(v >> 12) & 63];
-	    o[2] = (unsigned char) b64Digits[(v >> 6) & 63];
-	    o[3] = (unsigned char) b64Digits[v & 63];
+	    memcpy(o, b64Pairs + 2 * (v >> 12), 2);
+	    memcpy(o + 2, b64Pairs + 2 * (v & 0xFFF), 2);
 	    o += 4;
 	    p += 3;
 	}
