@@ -7,6 +7,7 @@
  */
 
 #include "smtpInt.h"
+#include <stdint.h>
 
 /*
  * ::smtp::internal::dataencode bytes ?chunk? ?clean?
@@ -73,58 +74,36 @@ DataEncodeObjCmd(
  * ::smtp::internal::datasize bytes
  *
  * Returns the RFC 1870 size of the message bytes.
- */
-
-static int
-DataSizeObjCmd(
-    void *clientData,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Tcl_Size len;
-    const unsigned char *p;
-    Tcl_DString scratch;
-
-    (void) clientData;
-    if (objc != 2) {
-	Tcl_WrongNumArgs(interp, 1, objv, "bytes");
-	return TCL_ERROR;
-    }
-    p = SmtpGetBytes(objv[1], &len, &scratch);
-    Tcl_SetObjResult(interp, Tcl_NewWideIntObj(SmtpDataSize(p,
-	    (size_t) len)));
-    Tcl_DStringFree(&scratch);
-    return TCL_OK;
-}
-
-/*
+ *
  * ::smtp::internal::lowbytes value
  *
  * Returns the octets the package takes from a value (SmtpGetBytes): each
  * character's low 8 bits, without changing the value's representation,
  * so that a test can compare them with Tcl's own conversion of the same
  * value afterwards.
+ *
+ * clientData says which: 0 datasize, 1 lowbytes.
  */
 
 static int
-LowBytesObjCmd(
+BytesObjCmd(
     void *clientData,
     Tcl_Interp *interp,
     int objc,
     Tcl_Obj *const objv[])
 {
+    int lowbytes = (clientData != NULL);
     Tcl_Size len;
     const unsigned char *p;
     Tcl_DString scratch;
 
-    (void) clientData;
     if (objc != 2) {
-	Tcl_WrongNumArgs(interp, 1, objv, "value");
+	Tcl_WrongNumArgs(interp, 1, objv, lowbytes ? "value" : "bytes");
 	return TCL_ERROR;
     }
     p = SmtpGetBytes(objv[1], &len, &scratch);
-    Tcl_SetObjResult(interp, Tcl_NewByteArrayObj(p, len));
+    Tcl_SetObjResult(interp, lowbytes ? Tcl_NewByteArrayObj(p, len)
+	    : Tcl_NewWideIntObj(SmtpDataSize(p, (size_t) len)));
     Tcl_DStringFree(&scratch);
     return TCL_OK;
 }
@@ -253,9 +232,9 @@ SmtpTestInit(
     Tcl_CreateObjCommand(interp, "::smtp::internal::dataencode",
 	    DataEncodeObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::lowbytes",
-	    LowBytesObjCmd, NULL, NULL);
+	    BytesObjCmd, (void *) (intptr_t) 1, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::datasize",
-	    DataSizeObjCmd, NULL, NULL);
+	    BytesObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::replyparse",
 	    ReplyParseObjCmd, NULL, NULL);
 }
