@@ -150,6 +150,26 @@ Debug(
     Tcl_DecrRefCount(line);
 }
 
+/*
+ * The -servers and -ports lists the session tries, in order (malformed
+ * lists were refused when the options were read).
+ */
+
+static void
+ServerLists(
+    SmtpSession *s,
+    SmtpOptions *opts)
+{
+    if (Tcl_ListObjGetElements(NULL, opts->servers, &s->nservers,
+	    &s->servers) != TCL_OK) {
+	s->nservers = 0;
+    }
+    if (Tcl_ListObjGetElements(NULL, opts->ports, &s->nports, &s->ports)
+	    != TCL_OK) {
+	s->nports = 0;
+    }
+}
+
 SmtpSession *
 SmtpSessionNew(
     Tcl_Interp *interp,
@@ -172,14 +192,7 @@ SmtpSessionNew(
     Tcl_IncrRefCount(s->tried);
     s->refused = Tcl_NewListObj(0, NULL);
     Tcl_IncrRefCount(s->refused);
-    if (Tcl_ListObjGetElements(NULL, opts->servers, &s->nservers,
-	    &s->servers) != TCL_OK) {
-	s->nservers = 0;
-    }
-    if (Tcl_ListObjGetElements(NULL, opts->ports, &s->nports, &s->ports)
-	    != TCL_OK) {
-	s->nports = 0;
-    }
+    ServerLists(s, opts);
     return s;
 }
 
@@ -1081,12 +1094,6 @@ Progress(
 }
 
 /*
- * Writes the message, pulled from its source and encoded for DATA (or cut
- * into BDAT chunks), as fast as the socket takes it without holding more
- * than a chunk or two in memory.
- */
-
-/*
  * Whether QUIT may follow the last message in the same write (RFC 2920:
  * with PIPELINING, QUIT may end a group, and the message's content may
  * begin one): after the last message of a one-shot send, not on a kept
@@ -1112,6 +1119,12 @@ QuitDebug(
 		Shown(s, WAIT_QUIT)));
     }
 }
+
+/*
+ * Writes the message, pulled from its source and encoded for DATA (or cut
+ * into BDAT chunks), as fast as the socket takes it without holding more
+ * than a chunk or two in memory.
+ */
 
 static void
 PumpBody(
@@ -2356,14 +2369,7 @@ SmtpSessionSubmit(
     }
     CloseConn(s);
     SetObj(&s->tried, Tcl_NewListObj(0, NULL));
-    if (Tcl_ListObjGetElements(NULL, opts->servers, &s->nservers,
-	    &s->servers) != TCL_OK) {
-	s->nservers = 0;
-    }
-    if (Tcl_ListObjGetElements(NULL, opts->ports, &s->nports, &s->ports)
-	    != TCL_OK) {
-	s->nports = 0;
-    }
+    ServerLists(s, opts);
     s->serverIdx = 0;
     s->retried = 1;		/* A fresh connection: no second try. */
     TryNextServer(s);
@@ -2387,11 +2393,6 @@ SmtpSessionSubmitAsync(
     s->doneCd = cd;
     SmtpSessionSubmit(s, opts, msgs, nmsgs);
 }
-
-/*
- * Runs the event loop until the submitted messages are done; the result
- * or error goes to the interpreter as with SmtpSessionRun.
- */
 
 /*
  * How long a synchronous send first waits on the socket itself, and how
@@ -2429,6 +2430,11 @@ WaitFinished(
 	Tcl_GetTime(&t->lastTurn);
     }
 }
+
+/*
+ * Waits (WaitFinished) until the submitted messages are done; the result
+ * or error goes to the interpreter as with SmtpSessionRun.
+ */
 
 int
 SmtpSessionWait(
