@@ -18,8 +18,9 @@
  *	RCPTS	recipients per message: b@example.org when 1, otherwise
  *		r0001@example.org ... (as client.tcl and client.py use)
  *	-w	wait for the MAIL and RCPT replies before sending the message,
- *		as the package itself does, instead of pipelining BDAT (or
- *		DATA) behind them
+ *		as the package does with several recipients (without
+ *		-atleastone), instead of pipelining BDAT (or DATA) behind them
+ *		as it does with one
  *
  *	The dialogue: the 220 greeting; EHLO client.example, noting
  *	PIPELINING, CHUNKING and SIZE; MAIL FROM (with SIZE= when offered),

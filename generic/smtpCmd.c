@@ -976,6 +976,9 @@ typedef struct Call_ {
     int nmsgs;
     Tcl_Obj *command;		/* -command: send in the background. */
     Tcl_Obj *progress;		/* -progress. */
+    Tcl_Obj *part;		/* The token. */
+    Tcl_Obj *bccName;		/* "Bcc" or "Resent-Bcc" when a blind copy
+				 * is sent, else NULL. */
 } SendCall;
 
 static void
@@ -1018,6 +1021,8 @@ SendCallFree(
     Hold(&c->sender, NULL);
     Hold(&c->vrecipients, NULL);
     Hold(&c->brecipients, NULL);
+    Hold(&c->part, NULL);
+    Hold(&c->bccName, NULL);
     for (i = 0; i < 2; i++) {
 	SmtpSourceClose(&c->msgs[i].body);
     }
@@ -1558,36 +1563,37 @@ EnvelopeRules(
 }
 
 /*
- * Everything a send does before talking to a server: the options, the
- * envelope and header rules, and the messages. objv[1] is the token and
- * the options follow. Returns a SendCall (to be freed with
- * SendCallFreeHeap), or NULL with the error in the interpreter.
+ * What a send does before talking to a server: the options and the
+ * envelope and header rules, which is where a call's own mistakes are
+ * found. objv[1] is the token and the options follow. Returns a SendCall
+ * (to be freed with SendCallFreeHeap) whose messages PrepareMessages then
+ * writes, or NULL with the error in the interpreter.
  */
 
 static SendCall *
-PrepareSend(
+PrepareEnvelope(
     Tcl_Interp *interp,
     int objc,
     Tcl_Obj *const objv[])
 {
-    SendCall c, *heap;
+    SendCall *c = (SendCall *) ckalloc(sizeof(SendCall));
     Tcl_Obj *part, *names = NULL;
     int origP = 0, bccP = 0, code;
     Tcl_DString bccM;
-    Saved saved;
 
     part = objv[1];
-    memset(&c, 0, sizeof(c));
-    HeadersInit(&c.h);
+    memset(c, 0, sizeof(SendCall));
+    HeadersInit(&c->h);
     Tcl_DStringInit(&bccM);
-    Hold(&c.opts.servers, S("localhost"));
-    Hold(&c.opts.ports, S("25"));
-    c.opts.maxsecs = 120;
-    c.opts.usetls = 1;
-    c.opts.timeout = -1;
-    c.opts.chunking = 1;
+    Hold(&c->part, part);
+    Hold(&c->opts.servers, S("localhost"));
+    Hold(&c->opts.ports, S("25"));
+    c->opts.maxsecs = 120;
+    c->opts.usetls = 1;
+    c->opts.timeout = -1;
+    c->opts.chunking = 1;
 
-    code = ParseOptions(interp, objc, objv, &c, &origP);
+    code = ParseOptions(interp, objc, objv, c, &origP);
     if (code == TCL_OK) {
 	code = Tcl_GetVar2Ex(interp, Tcl_GetString(part), "lowerL",
 		TCL_GLOBAL_ONLY) ? TCL_OK : Call(interp, &names,
@@ -1602,43 +1608,80 @@ PrepareSend(
 	}
     }
     if (code == TCL_OK) {
-	code = EnvelopeRules(interp, part, &c, origP, &bccP, &bccM);
+	code = EnvelopeRules(interp, part, c, origP, &bccP, &bccM);
     }
     if (code == TCL_OK) {
-	SaveToken(interp, part, &c.h, &saved);
-	code = ApplyHeaders(interp, part, &c.h);
-	if (code == TCL_OK) {
-	    code = BuildMessage(interp, part, c.opts.debug, &c.msgs[0]);
-	}
-	if (code == TCL_OK && bccP) {
-	    code = BuildBccDigest(interp, part, c.originator,
-		    Tcl_DStringValue(&bccM), &c.h, c.opts.debug, &c.msgs[1]);
-	}
-	RestoreToken(interp, part, &saved);
-    }
-    if (code == TCL_OK) {
-	c.nmsgs = bccP ? 2 : 1;
-	c.msgs[0].sender = c.sender;
-	c.msgs[0].recipients = c.vrecipients;
+	c->nmsgs = bccP ? 2 : 1;
+	c->msgs[0].sender = c->sender;
+	c->msgs[0].recipients = c->vrecipients;
 	if (bccP) {
-	    c.msgs[1].sender = c.sender;
-	    c.msgs[1].recipients = c.brecipients;
+	    Hold(&c->bccName, Tcl_NewStringObj(Tcl_DStringValue(&bccM),
+		    Tcl_DStringLength(&bccM)));
+	    c->msgs[1].sender = c->sender;
+	    c->msgs[1].recipients = c->brecipients;
 	}
-	if (c.opts.client == NULL || Tcl_GetCharLength(c.opts.client) == 0) {
-	    Hold(&c.opts.client, S(strcmp(Tcl_GetString(c.opts.servers),
+	if (c->opts.client == NULL
+		|| Tcl_GetCharLength(c->opts.client) == 0) {
+	    Hold(&c->opts.client, S(strcmp(Tcl_GetString(c->opts.servers),
 		    "localhost") == 0 ? "localhost" : Tcl_GetHostName()));
 	}
-	c.opts.multiple = bccP;
+	c->opts.multiple = bccP;
 	Tcl_ResetResult(interp);
     }
     Tcl_DStringFree(&bccM);
     if (code != TCL_OK) {
-	SendCallFree(&c);
+	SendCallFreeHeap(c);
 	return NULL;
     }
-    heap = (SendCall *) ckalloc(sizeof(SendCall));
-    *heap = c;
-    return heap;
+    return c;
+}
+
+/*
+ * Writes the messages of a prepared call: the token with the gathered
+ * headers added for the time it is written, and the blind-copy digest.
+ */
+
+static int
+PrepareMessages(
+    Tcl_Interp *interp,
+    SendCall *c)
+{
+    Saved saved;
+    int code;
+
+    SaveToken(interp, c->part, &c->h, &saved);
+    code = ApplyHeaders(interp, c->part, &c->h);
+    if (code == TCL_OK) {
+	code = BuildMessage(interp, c->part, c->opts.debug, &c->msgs[0]);
+    }
+    if (code == TCL_OK && c->bccName) {
+	code = BuildBccDigest(interp, c->part, c->originator,
+		Tcl_GetString(c->bccName), &c->h, c->opts.debug, &c->msgs[1]);
+    }
+    RestoreToken(interp, c->part, &saved);
+    if (code == TCL_OK) {
+	Tcl_ResetResult(interp);
+    }
+    return code;
+}
+
+/*
+ * Both at once, for the sends that do not overlap them with connecting.
+ */
+
+static SendCall *
+PrepareSend(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    SendCall *c = PrepareEnvelope(interp, objc, objv);
+
+    if (c != NULL && PrepareMessages(interp, c) != TCL_OK) {
+	SendCallFreeHeap(c);
+	c = NULL;
+    }
+    return c;
 }
 
 /*
@@ -1664,19 +1707,37 @@ SmtpSendmessageObjCmd(
 	Tcl_WrongNumArgs(interp, 1, objv, "token ?option value ...?");
 	return TCL_ERROR;
     }
-    c = PrepareSend(interp, objc, objv);
+    c = PrepareEnvelope(interp, objc, objv);
     if (c == NULL) {
 	return TCL_ERROR;
     }
     if (c->command) {
+	if (PrepareMessages(interp, c) != TCL_OK) {
+	    SendCallFreeHeap(c);
+	    return TCL_ERROR;
+	}
 	return SmtpAsyncStart(interp, &c->opts, c->msgs, c->nmsgs,
 		c->command, c->progress, SendCallFreeHeap, c);
     }
+
+    /*
+     * The connection is opened before the messages are written, so that
+     * writing them overlaps the connect and the server's greeting (as
+     * tcllib, which wrote the message during DATA, also connected first).
+     * A message that cannot be written ends the call with its error, and
+     * the connection is closed before anything was said on it.
+     */
+
     sess = SmtpSessionNew(interp, &c->opts, c->msgs, c->nmsgs);
     if (c->progress) {
 	SmtpSessionSetProgress(sess, c->progress);
     }
-    code = SmtpSessionRun(sess);
+    SmtpSessionConnect(sess);
+    if (PrepareMessages(interp, c) != TCL_OK) {
+	code = TCL_ERROR;
+    } else {
+	code = SmtpSessionWait(sess);
+    }
     SmtpSessionFree(sess);
     SendCallFreeHeap(c);
     return code;

@@ -183,6 +183,7 @@ typedef enum SmtpState {
     ST_STARTTLS, ST_ONEX, ST_AUTH,
     ST_QUED, ST_MAIL, ST_RCPT, ST_DATA, ST_BODY, ST_DOT, ST_LMTP, ST_RSET,
     ST_QUIT,
+    ST_BDATDROP,		/* Refused, with BDAT replies still to come. */
     ST_READY,			/* Kept open between messages (sessions). */
     ST_RSETNEXT,		/* RSET before the next message. */
     ST_DONE
@@ -193,6 +194,7 @@ typedef struct SmtpSession SmtpSession;
 SmtpSession *	SmtpSessionNew(Tcl_Interp *interp, SmtpOptions *opts,
 		    SmtpMessage *msgs, int nmsgs);
 int		SmtpSessionRun(SmtpSession *s);
+void		SmtpSessionConnect(SmtpSession *s);
 void		SmtpSessionFree(SmtpSession *s);
 
 typedef void (SmtpDoneProc)(SmtpSession *s, void *cd);

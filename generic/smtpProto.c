@@ -29,6 +29,8 @@
 #define WAIT_BODY	600	/* Without progress while writing DATA. */
 
 #define BODY_CHUNK	(256 * 1024)	/* Input bytes encoded per write. */
+#define EARLY_BODY_MAX	(64 * 1024)	/* Largest message sent in the batch
+					 * with MAIL and RCPT (BDAT). */
 
 struct SmtpSession {
     Tcl_Interp *interp;
@@ -63,6 +65,7 @@ struct SmtpSession {
     int bdatPending;		/* BDAT replies still to come. */
     int quitSent;		/* QUIT went out behind the last message. */
     int pipeData;		/* DATA went out in the batch. */
+    int pipeBody;		/* So did the whole message, in BDAT. */
     int mailCode;		/* Reply to MAIL (pipelined: kept until the
 				 * batch's replies are in). */
     char mailEnh[16];
@@ -121,6 +124,8 @@ static const SmtpConnEvents sessionEvents = {
 
 static void	TryNextServer(SmtpSession *s);
 static void	StartTransaction(SmtpSession *s);
+static void	StartBody(SmtpSession *s);
+static void	AfterEarlyBody(SmtpSession *s);
 static void	StartTls(SmtpSession *s);
 static void	TlsRefused(SmtpSession *s, int code, Tcl_Obj *text,
 		    Tcl_Obj *why, int handshake);
@@ -839,9 +844,15 @@ Refuse(
 /*
  * MAIL FROM with the parameters the server's extensions call for, then
  * the recipients: one command at a time, or all in one write when the
- * server offers PIPELINING (RFC 2920). DATA joins the batch only with
- * -atleastone, since otherwise every RCPT reply must be seen before the
- * message may go.
+ * server offers PIPELINING (RFC 2920). The message joins the batch only
+ * when the replies to the envelope cannot decide against it beyond what
+ * the server itself enforces: with one recipient (a refused RCPT leaves
+ * none, and the server then refuses the message) or with -atleastone.
+ * Otherwise tcllib's rule (no message when any recipient is refused)
+ * needs every RCPT reply first. Without CHUNKING DATA joins the batch and
+ * the message follows the 354; with CHUNKING (RFC 3030 section 4.2) the
+ * whole message joins it in one BDAT LAST, QUIT behind it, when it is at
+ * most EARLY_BODY_MAX octets: what a refusal wastes stays small.
  */
 
 static void
@@ -850,7 +861,7 @@ StartTransaction(
 {
     SmtpMessage *m = &s->msgs[s->cur];
     Tcl_Obj *cmd, *limit = NULL, **rcpts;
-    int utf8 = NeedsUtf8(m->sender), i;
+    int utf8 = NeedsUtf8(m->sender), i, early;
     Tcl_Size n;
 
     if (Tcl_ListObjGetElements(NULL, m->recipients, &s->nrcpts, &rcpts)
@@ -937,6 +948,7 @@ StartTransaction(
     s->good = s->bad = 0;
     s->mailCode = 0;
     s->pipeData = 0;
+    s->pipeBody = 0;
     SetObj(&s->mailText, NULL);
     SetObj(&s->accepted, Tcl_NewListObj(0, NULL));
     SetObj(&s->txRefused, Tcl_NewListObj(0, NULL));
@@ -952,9 +964,24 @@ StartTransaction(
 	    Put(s, WAIT_RCPT, Tcl_GetString(rc), -1);
 	    Tcl_DecrRefCount(rc);
 	}
-	if (s->opts->atleastone && s->nrcpts > 0 && !s->chunking) {
+	early = s->nrcpts == 1 || (s->opts->atleastone && s->nrcpts > 0);
+	if (early && !s->chunking) {
 	    Put(s, WAIT_DATA, "DATA", 4);
 	    s->pipeData = 1;
+	} else if (early && m->size <= EARLY_BODY_MAX && !s->rsetPending) {
+	    /*
+	     * Not behind a session's RSET: a connection lost before the
+	     * RSET is answered is taken as nothing sent, and tried again.
+	     */
+
+	    s->pipeBody = 1;
+	    StartBody(s);
+	    if (s->state != ST_BODY) {
+		return;		/* Failed, or cancelled by -progress. */
+	    }
+	    s->state = ST_MAIL;
+	    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_MAIL));
+	    return;
 	}
     }
     Flush(s, ST_MAIL, WAIT_MAIL);
@@ -973,7 +1000,6 @@ SendRcpt(
     Tcl_DecrRefCount(cmd);
 }
 
-static void StartBody(SmtpSession *s);
 static void QuitDebug(SmtpSession *s);
 
 /*
@@ -994,6 +1020,28 @@ AfterRecipients(
 	}
     } else {
 	Send(s, ST_RSET, WAIT_RSET, "RSET", 4);
+    }
+}
+
+/*
+ * After the last RCPT reply when the message went in the batch: its BDAT
+ * replies are next. When tcllib's rule says the message must not go
+ * (none of the recipients accepted: the server refuses it too), those
+ * replies are only read past, then the transaction ends as a refused one.
+ */
+
+static void
+AfterEarlyBody(
+    SmtpSession *s)
+{
+    if (s->mailCode != 250) {
+	FailSaved(s, "MAIL", s->mailCode, s->mailEnh, s->mailText);
+    } else if (s->good && (!s->bad || s->opts->atleastone)) {
+	s->state = ST_BODY;
+	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
+    } else {
+	s->state = ST_BDATDROP;
+	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
     }
 }
 
@@ -1885,6 +1933,8 @@ OnReply(
 	} else if (s->pipeData) {
 	    s->state = ST_DATA;
 	    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
+	} else if (s->pipeBody) {
+	    AfterEarlyBody(s);
 	} else if (s->mailCode != 250) {
 	    FailSaved(s, "MAIL", s->mailCode, s->mailEnh, s->mailText);
 	} else {
@@ -1951,6 +2001,16 @@ OnReply(
     }
     case ST_RSET:
 	EndTransaction(s);
+	break;
+    case ST_BDATDROP:
+	if (--s->bdatPending > 0) {
+	    break;
+	}
+	if (s->quitSent) {
+	    EndTransaction(s);
+	} else {
+	    Send(s, ST_RSET, WAIT_RSET, "RSET", 4);
+	}
 	break;
     case ST_READY:
 	/* Unasked: a 421 as the server goes away. Reconnect next time. */
@@ -2241,8 +2301,22 @@ int
 SmtpSessionRun(
     SmtpSession *s)
 {
-    TryNextServer(s);
+    SmtpSessionConnect(s);
     return SmtpSessionWait(s);
+}
+
+/*
+ * Starts connecting to the first server and returns at once, without
+ * serving any event: SmtpSessionWait goes on from there. The messages
+ * are first read when the server has answered EHLO, so the caller may
+ * still be writing them meanwhile.
+ */
+
+void
+SmtpSessionConnect(
+    SmtpSession *s)
+{
+    TryNextServer(s);
 }
 
 /*

@@ -76,7 +76,7 @@
 #	EHLO  multi-line 250 (or 500 with -noehlo)
 #	MAIL  250 (sender recorded)   RCPT  250 (recipient recorded if 2xx)
 #	DATA  354, then 250 after the terminating <CRLF>.<CRLF>; 554 when
-#	      no recipient has been accepted (as Postfix)
+#	      no recipient has been accepted (as Postfix; so is a BDAT chunk)
 #	RSET, NOOP  250               QUIT  221 then close
 #	empty line 500, anything else 502.  No sequencing checks (no 503).
 #	Command lines end at LF; one CR before the LF is removed.
@@ -1006,6 +1006,13 @@ proc ::smtpd::DataBytes {srv n data} {
 proc ::smtpd::BdatDone {srv n} {
     upvar #0 [CVar $srv $n] C
     upvar #0 [SVar $srv] S
+    if {![llength $C(rcpts)]} {
+        # As Postfix: the chunk is read and dropped.
+        set C(bchunks) {}
+        Respond $srv $n cmd $C(bdatline) \
+                [list "554 5.5.1 Error: no valid recipients"]
+        return
+    }
     if {!$C(bdatlast)} {
         Respond $srv $n cmd $C(bdatline) [list "250 2.0.0 Ok: chunk received"]
         return
