@@ -1036,13 +1036,11 @@ AfterEarlyBody(
 {
     if (s->mailCode != 250) {
 	FailSaved(s, "MAIL", s->mailCode, s->mailEnh, s->mailText);
-    } else if (s->good && (!s->bad || s->opts->atleastone)) {
-	s->state = ST_BODY;
-	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
-    } else {
-	s->state = ST_BDATDROP;
-	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
+	return;
     }
+    s->state = s->good && (!s->bad || s->opts->atleastone)
+	    ? ST_BODY : ST_BDATDROP;
+    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
 }
 
 static void
