@@ -32,6 +32,33 @@
 #define EARLY_BODY_MAX	(64 * 1024)	/* Largest message sent in the batch
 					 * with MAIL and RCPT (BDAT). */
 
+/*
+ * The ledger of replies owed by the server: every command written adds an
+ * entry, every reply takes the head entry and nothing else. The entry says
+ * which command the reply answers (and so the stage an error names) and
+ * how long to wait for it.
+ */
+
+typedef enum Expect {
+    EX_GREETING, EX_EHLO, EX_HELO, EX_STARTTLS, EX_ONEX, EX_QUED, EX_AUTH,
+    EX_MAIL, EX_RCPT, EX_DATA, EX_DOT, EX_BDAT, EX_BDATLAST, EX_RSET,
+    EX_QUIT
+} Expect;
+
+static const char *const expectStage[] = {
+    "GREETING", "EHLO", "EHLO", "TLS", "ONEX", "QUED", "AUTH",
+    "MAIL", "RCPT", "DATA", "DATA", "BDAT", "BDAT", "RSET",
+    "QUIT"
+};
+
+typedef struct Owed {
+    Expect kind;
+    int secs;			/* Bound on the wait, in seconds. */
+    int replies;		/* LMTP's final reply: replies still to come
+				 * (0: not yet known). Else 1. */
+    int lmtp;			/* One reply per accepted recipient. */
+} Owed;
+
 struct SmtpSession {
     Tcl_Interp *interp;
     SmtpOptions *opts;
@@ -109,6 +136,11 @@ struct SmtpSession {
 				 * its reply comes first. */
     Tcl_Obj *errMsg;
     Tcl_Obj *errCode;
+
+    Owed *owed;			/* The ledger: owed[owedHead..owedTail). */
+    int owedHead, owedTail, owedCap;
+    Expect lastKind;		/* What the last reply answered. */
+    int desync;			/* The server sent more than was asked. */
 };
 
 static void	OnConnected(void *cd);
@@ -133,6 +165,9 @@ static void	AfterHello(SmtpSession *s);
 static void	MarkDone(SmtpSession *s);
 static void	Reconnect(SmtpSession *s, Tcl_Obj *why);
 static void	DoneIdle(void *cd);
+static int	Owing(SmtpSession *s);
+static int	Pipelining(SmtpSession *s);
+static const char *Where(SmtpSession *s);
 
 /*
  * Writes a line of the dialogue to stderr when -debug is on.
@@ -225,6 +260,8 @@ CloseConn(
     }
     SmtpReplyParserFree(&s->parser);
     SmtpReplyParserInit(&s->parser);
+    s->owedHead = s->owedTail = 0;
+    s->desync = 0;
 }
 
 void
@@ -254,6 +291,9 @@ SmtpSessionFree(
     SmtpTlsContextFree(s->ctx);
     SetObj(&s->progress, NULL);
     SetObj(&s->lastReply, NULL);
+    if (s->owed) {
+	ckfree(s->owed);
+    }
     if (s->done) {
 	Tcl_CancelIdleCall(DoneIdle, s);
     }
@@ -337,20 +377,41 @@ Finish(
 }
 
 /*
- * tcllib's abort: reset and quit without waiting for replies, then close.
+ * tcllib's abort: reset and quit without waiting for the replies, then
+ * close. Both go in one write only to a server that offers PIPELINING;
+ * to another one QUIT alone (which ends the transaction too) when no
+ * reply is owed, and nothing when one is (RFC 2920: no command before the
+ * previous reply). Nothing is written while the message is (it would be
+ * part of it) or while DATA's reply is owed (a 354 would make it so).
  */
 
 static void
 Abort(
     SmtpSession *s)
 {
-    if (s->conn && !s->quitSent) {
-	if (s->opts->debug) {
-	    Debug(s, Tcl_NewStringObj("--> RSET (wait upto 0 seconds)", -1));
-	    Debug(s, Tcl_NewStringObj("--> QUIT (wait upto 0 seconds)", -1));
+    int i, dataOwed = 0;
+
+    for (i = s->owedHead; i < s->owedTail; i++) {
+	dataOwed |= s->owed[i].kind == EX_DATA;
+    }
+    if (s->conn && !s->quitSent && s->state != ST_BODY && !dataOwed) {
+	if (Pipelining(s)) {
+	    if (s->opts->debug) {
+		Debug(s, Tcl_NewStringObj("--> RSET (wait upto 0 seconds)",
+			-1));
+		Debug(s, Tcl_NewStringObj("--> QUIT (wait upto 0 seconds)",
+			-1));
+	    }
+	    SmtpConnWrite(s->conn, "RSET\r\nQUIT\r\n", 12);
+	    SmtpConnFlush(s->conn);
+	} else if (Owing(s) == 0) {
+	    if (s->opts->debug) {
+		Debug(s, Tcl_NewStringObj("--> QUIT (wait upto 0 seconds)",
+			-1));
+	    }
+	    SmtpConnWrite(s->conn, "QUIT\r\n", 6);
+	    SmtpConnFlush(s->conn);
 	}
-	SmtpConnWrite(s->conn, "RSET\r\nQUIT\r\n", 12);
-	SmtpConnFlush(s->conn);
     }
     CloseConn(s);
 }
@@ -478,6 +539,10 @@ FailLocal(
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewObj());
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewObj());
     Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(text, -1));
+    if (pseudo) {
+	/* Where it happened: the reply awaited. */
+	Tcl_ListObjAppendElement(NULL, ec, Tcl_NewStringObj(Where(s), -1));
+    }
     SetObj(&s->errCode, ec);
     SetObj(&s->errMsg, pseudo ? Tcl_ObjPrintf("400: %s", text)
 	    : Tcl_NewStringObj(text, -1));
@@ -514,25 +579,185 @@ Bound(
 }
 
 /*
- * Queues one command line (it leaves with the next flush).
+ * The bound on the final reply to a message (after the final dot or the
+ * last BDAT): -maxsecs, from 0 to WAIT_MAX as in tcllib.
+ */
+
+static int
+FinalBound(
+    SmtpSession *s)
+{
+    int secs = s->opts->maxsecs;
+
+    return secs < 0 ? 0 : secs > WAIT_MAX ? WAIT_MAX : secs;
+}
+
+static int
+IsFinal(
+    Expect kind)
+{
+    return kind == EX_DOT || kind == EX_BDATLAST;
+}
+
+/*
+ * The ledger of owed replies.
+ */
+
+static int
+Owing(
+    SmtpSession *s)
+{
+    return s->owedTail - s->owedHead;
+}
+
+static Owed *
+OwedHead(
+    SmtpSession *s)
+{
+    return Owing(s) > 0 ? &s->owed[s->owedHead] : NULL;
+}
+
+/*
+ * A command has been written: its reply is owed, and waited for at most
+ * 'secs' seconds once it is the next one due.
+ */
+
+static void
+Owe(
+    SmtpSession *s,
+    Expect kind,
+    int secs)
+{
+    Owed *o;
+
+    if (s->owedHead == s->owedTail) {
+	s->owedHead = s->owedTail = 0;
+    }
+    if (s->owedTail == s->owedCap && s->owedHead > 0) {
+	memmove(s->owed, s->owed + s->owedHead,
+		(size_t) Owing(s) * sizeof(Owed));
+	s->owedTail -= s->owedHead;
+	s->owedHead = 0;
+    }
+    if (s->owedTail == s->owedCap) {
+	s->owedCap = s->owedCap ? 2 * s->owedCap : 16;
+	s->owed = (Owed *) (s->owed
+		? ckrealloc(s->owed, (size_t) s->owedCap * sizeof(Owed))
+		: ckalloc((size_t) s->owedCap * sizeof(Owed)));
+    }
+    o = &s->owed[s->owedTail++];
+    o->kind = kind;
+    o->secs = secs;
+    o->lmtp = s->opts->lmtp && IsFinal(kind);
+    o->replies = o->lmtp ? 0 : 1;
+}
+
+/*
+ * A reply has come: it answers the head entry, which is taken off (LMTP's
+ * final entry once every accepted recipient has had its reply; the
+ * recipients' replies all come before it). Returns what it answers.
+ */
+
+static Expect
+Settle(
+    SmtpSession *s)
+{
+    Owed *o = &s->owed[s->owedHead];
+    Expect kind = o->kind;
+
+    if (o->lmtp && o->replies == 0) {
+	Tcl_Size na = 0;
+
+	if (s->accepted) {
+	    Tcl_ListObjLength(NULL, s->accepted, &na);
+	}
+	o->replies = na > 0 ? (int) na : 1;
+    }
+    if (--o->replies == 0) {
+	s->owedHead++;
+    }
+    s->lastKind = kind;
+    return kind;
+}
+
+/*
+ * Arms the timeout for what the session waits for now: the head entry's
+ * bound, or the progress of the message being written; nothing when no
+ * reply is owed.
+ */
+
+static void
+ArmWait(
+    SmtpSession *s)
+{
+    if (s->conn == NULL) {
+	return;
+    }
+    if (s->state == ST_BODY && !s->bodyDone) {
+	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_BODY));
+    } else if (Owing(s) > 0) {
+	SmtpConnSetTimeout(s->conn, OwedHead(s)->secs);
+    } else {
+	SmtpConnSetTimeout(s->conn, -1);
+    }
+}
+
+/*
+ * The stage an error names: the command whose reply is awaited, else the
+ * one last answered; while the message is written, DATA or BDAT.
+ */
+
+static const char *
+Where(
+    SmtpSession *s)
+{
+    if (s->state == ST_BODY && !s->bodyDone) {
+	return s->chunking ? "BDAT" : "DATA";
+    }
+    if (Owing(s) > 0) {
+	return expectStage[OwedHead(s)->kind];
+    }
+    return expectStage[s->lastKind];
+}
+
+/*
+ * Whether the server offers PIPELINING (RFC 2920): only then may a
+ * command be written while a reply is still owed.
+ */
+
+static int
+Pipelining(
+    SmtpSession *s)
+{
+    return SmtpHasExtension(s->caps, "PIPELINING", NULL);
+}
+
+/*
+ * Queues one command line (it leaves with the next flush) and enters its
+ * reply in the ledger: 'secs' is tcllib's bound for it, the final reply's
+ * is -maxsecs.
  */
 
 static void
 Put(
     SmtpSession *s,
+    Expect kind,
     int secs,
     const char *cmd,
     Tcl_Size len)
 {
+    int wait = IsFinal(kind) ? FinalBound(s) : Bound(s, secs);
+
     if (len < 0) {
 	len = (Tcl_Size) strlen(cmd);
     }
     if (s->opts->debug) {
 	Debug(s, Tcl_ObjPrintf("--> %.*s (wait upto %d seconds)", (int) len,
-		cmd, Shown(s, secs)));
+		cmd, IsFinal(kind) ? wait : Shown(s, secs)));
     }
     SmtpConnWrite(s->conn, cmd, (size_t) len);
     SmtpConnWrite(s->conn, "\r\n", 2);
+    Owe(s, kind, wait);
 }
 
 /*
@@ -542,11 +767,10 @@ Put(
 static void
 Flush(
     SmtpSession *s,
-    SmtpState next,
-    int secs)
+    SmtpState next)
 {
     s->state = next;
-    SmtpConnSetTimeout(s->conn, Bound(s, secs));
+    ArmWait(s);
     if (SmtpConnFlush(s->conn) != TCL_OK) {
 	OnClosed(s, SmtpConnError(s->conn));
     }
@@ -560,18 +784,20 @@ static void
 Send(
     SmtpSession *s,
     SmtpState next,
+    Expect kind,
     int secs,
     const char *cmd,
     Tcl_Size len)
 {
-    Put(s, secs, cmd, len);
-    Flush(s, next, secs);
+    Put(s, kind, secs, cmd, len);
+    Flush(s, next);
 }
 
 static void
 SendObj(
     SmtpSession *s,
     SmtpState next,
+    Expect kind,
     int secs,
     Tcl_Obj *cmd)
 {
@@ -580,7 +806,7 @@ SendObj(
 
     Tcl_IncrRefCount(cmd);
     p = Tcl_GetStringFromObj(cmd, &len);
-    Send(s, next, secs, p, len);
+    Send(s, next, kind, secs, p, len);
     Tcl_DecrRefCount(cmd);
 }
 
@@ -832,8 +1058,8 @@ Refuse(
     if (s->cur > 0) {
 	BccFailed(s, 554, msg);
     } else {
-	if (s->conn) {
-	    Put(s, WAIT_QUIT, "QUIT", 4);
+	if (s->conn && (Owing(s) == 0 || Pipelining(s))) {
+	    Put(s, EX_QUIT, WAIT_QUIT, "QUIT", 4);
 	    SmtpConnFlush(s->conn);
 	}
 	FailLocal(s, stage, Tcl_GetString(msg));
@@ -923,7 +1149,7 @@ StartTransaction(
 		" -dsn options left out ...", -1));
     }
     s->pipelining = SmtpHasExtension(s->caps, "PIPELINING", NULL);
-    s->chunking = s->opts->chunking && !s->opts->lmtp
+    s->chunking = s->opts->chunking
 	    && SmtpHasExtension(s->caps, "CHUNKING", NULL);
     cmd = Tcl_ObjPrintf("MAIL FROM:<%s>", Tcl_GetString(s->txSender));
     if (SmtpHasExtension(s->caps, "SIZE", NULL)) {
@@ -953,7 +1179,7 @@ StartTransaction(
     SetObj(&s->accepted, Tcl_NewListObj(0, NULL));
     SetObj(&s->txRefused, Tcl_NewListObj(0, NULL));
     Tcl_IncrRefCount(cmd);
-    Put(s, WAIT_MAIL, Tcl_GetString(cmd), -1);
+    Put(s, EX_MAIL, WAIT_MAIL, Tcl_GetString(cmd), -1);
     Tcl_DecrRefCount(cmd);
     Tcl_ListObjGetElements(NULL, s->txRcpts, &n, &rcpts);
     if (s->pipelining) {
@@ -961,12 +1187,12 @@ StartTransaction(
 	    Tcl_Obj *rc = RcptCommand(s, rcpts[i]);
 
 	    Tcl_IncrRefCount(rc);
-	    Put(s, WAIT_RCPT, Tcl_GetString(rc), -1);
+	    Put(s, EX_RCPT, WAIT_RCPT, Tcl_GetString(rc), -1);
 	    Tcl_DecrRefCount(rc);
 	}
 	early = s->nrcpts == 1 || (s->opts->atleastone && s->nrcpts > 0);
 	if (early && !s->chunking) {
-	    Put(s, WAIT_DATA, "DATA", 4);
+	    Put(s, EX_DATA, WAIT_DATA, "DATA", 4);
 	    s->pipeData = 1;
 	} else if (early && m->size <= EARLY_BODY_MAX && !s->rsetPending) {
 	    /*
@@ -980,11 +1206,11 @@ StartTransaction(
 		return;		/* Failed, or cancelled by -progress. */
 	    }
 	    s->state = ST_MAIL;
-	    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_MAIL));
+	    ArmWait(s);
 	    return;
 	}
     }
-    Flush(s, ST_MAIL, WAIT_MAIL);
+    Flush(s, ST_MAIL);
 }
 
 static void
@@ -996,7 +1222,7 @@ SendRcpt(
     Tcl_ListObjIndex(NULL, s->txRcpts, s->rcptIdx, &rcpt);
     cmd = RcptCommand(s, rcpt);
     Tcl_IncrRefCount(cmd);
-    Send(s, ST_RCPT, WAIT_RCPT, Tcl_GetString(cmd), -1);
+    Send(s, ST_RCPT, EX_RCPT, WAIT_RCPT, Tcl_GetString(cmd), -1);
     Tcl_DecrRefCount(cmd);
 }
 
@@ -1016,10 +1242,10 @@ AfterRecipients(
 	if (s->chunking) {
 	    StartBody(s);
 	} else {
-	    Send(s, ST_DATA, WAIT_DATA, "DATA", 4);
+	    Send(s, ST_DATA, EX_DATA, WAIT_DATA, "DATA", 4);
 	}
     } else {
-	Send(s, ST_RSET, WAIT_RSET, "RSET", 4);
+	Send(s, ST_RSET, EX_RSET, WAIT_RSET, "RSET", 4);
     }
 }
 
@@ -1040,7 +1266,7 @@ AfterEarlyBody(
     }
     s->state = s->good && (!s->bad || s->opts->atleastone)
 	    ? ST_BODY : ST_BDATDROP;
-    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
+    ArmWait(s);
 }
 
 static void
@@ -1049,20 +1275,41 @@ EndTransaction(
 {
     Tcl_ListObjAppendList(NULL, s->refused, s->txRefused);
     SetObj(&s->txRefused, NULL);
+    if (s->desync) {
+	/*
+	 * The message was accepted, but the server sent more than was
+	 * asked: nothing more it says can be matched to a command. The
+	 * connection is dropped; the message stays sent.
+	 */
+
+	CloseConn(s);
+	if (++s->cur < s->nmsgs) {
+	    SetObj(&s->txRefused, Tcl_NewListObj(0, NULL));
+	    BccFailed(s, 400, Tcl_NewStringObj("the server sent a reply"
+		    " that no command asked for", -1));
+	} else if (s->keepOpen) {
+	    s->state = ST_READY;
+	    s->code = TCL_OK;
+	    MarkDone(s);
+	} else {
+	    End(s, TCL_OK);
+	}
+	return;
+    }
     if (++s->cur < s->nmsgs) {
 	StartTransaction(s);
     } else if (s->keepOpen) {
 	/* Done with these messages; the connection waits for more. */
 	s->state = ST_READY;
-	SmtpConnSetTimeout(s->conn, -1);
+	ArmWait(s);
 	s->code = TCL_OK;
 	MarkDone(s);
     } else if (s->quitSent) {
 	/* QUIT went out with the message: its reply is next. */
 	s->state = ST_QUIT;
-	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_QUIT));
+	ArmWait(s);
     } else {
-	Send(s, ST_QUIT, WAIT_QUIT, "QUIT", 4);
+	Send(s, ST_QUIT, EX_QUIT, WAIT_QUIT, "QUIT", 4);
     }
 }
 
@@ -1090,16 +1337,16 @@ static void
 AfterBody(
     SmtpSession *s)
 {
-    int secs = s->opts->maxsecs > WAIT_MAX ? WAIT_MAX : s->opts->maxsecs;
     if (s->opts->debug && !s->chunking) {
-	Debug(s, Tcl_ObjPrintf("--> . (wait upto %d seconds)", secs));
+	Debug(s, Tcl_ObjPrintf("--> . (wait upto %d seconds)",
+		FinalBound(s)));
 	if (s->quitSent) {
 	    QuitDebug(s);
 	}
     }
     s->lmtpIdx = 0;
     s->state = s->opts->lmtp ? ST_LMTP : ST_DOT;
-    SmtpConnSetTimeout(s->conn, secs);
+    ArmWait(s);
 }
 
 /*
@@ -1212,17 +1459,20 @@ PumpBody(
 	}
 	if (s->chunking) {
 	    char head[64];
-	    int secs = s->bodyDone ? s->opts->maxsecs : WAIT_DATA;
 
 	    snprintf(head, sizeof(head), "BDAT %lu%s",
 		    (unsigned long) SmtpBufAvail(&s->out),
 		    s->bodyDone ? " LAST" : "");
-	    Put(s, secs, head, -1);
+	    Put(s, s->bodyDone ? EX_BDATLAST : EX_BDAT, WAIT_DATA, head, -1);
 	    s->bdatPending++;
 	}
 	SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
+	if (s->bodyDone && !s->chunking) {
+	    Owe(s, EX_DOT, FinalBound(s));
+	}
 	if (s->bodyDone && QuitBehind(s)) {
 	    SmtpConnWrite(s->conn, "QUIT\r\n", 6);
+	    Owe(s, EX_QUIT, Bound(s, WAIT_QUIT));
 	    s->quitSent = 1;
 	    if (s->chunking) {
 		QuitDebug(s);
@@ -1237,7 +1487,7 @@ PumpBody(
 	}
     }
     if (!s->bodyDone) {
-	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_BODY));
+	ArmWait(s);
 	SmtpConnWantWritable(s->conn, s->pipelining || s->bdatPending == 0);
 	return;
     }
@@ -1247,7 +1497,7 @@ PumpBody(
     if (!s->chunking) {
 	AfterBody(s);
     } else {
-	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
+	ArmWait(s);
     }
 }
 
@@ -1273,12 +1523,21 @@ StartBody(
  * final dot.
  */
 
+static void OnLmtpReply(SmtpSession *s, SmtpReply *r);
+
 static void
 OnBdatReply(
     SmtpSession *s,
-    SmtpReply *r)
+    SmtpReply *r,
+    Expect kind)
 {
     s->bdatPending--;
+    if (kind == EX_BDATLAST && s->opts->lmtp) {
+	/* RFC 2033 with RFC 3030: one reply per accepted recipient. */
+	AfterBody(s);
+	OnLmtpReply(s, r);
+	return;
+    }
     if (r->code != 250) {
 	FailReply(s, "DATA", r);
 	return;
@@ -1291,9 +1550,7 @@ OnBdatReply(
 	SetObj(&s->lastReply, Tcl_ObjPrintf("%d %s", r->code,
 		Tcl_GetString(SmtpReplyDiagnostic(r))));
 	AfterBody(s);
-	if (!s->opts->lmtp) {
-	    EndTransaction(s);
-	}
+	EndTransaction(s);
     }
 }
 
@@ -1632,7 +1889,8 @@ SendSecret(
     SmtpConnWrite(s->conn, "\r\n", 2);
     SmtpSaslBufWipe(&line);
     SmtpBufFree(&line);
-    Flush(s, ST_AUTH, WAIT_EHLO);
+    Owe(s, EX_AUTH, Bound(s, WAIT_EHLO));
+    Flush(s, ST_AUTH);
 }
 
 static void
@@ -1730,7 +1988,7 @@ OnAuthReply(
 	if (s->opts->debug) {
 	    Debug(s, Tcl_NewStringObj("--> * (wait upto 0 seconds)", -1));
 	}
-	SmtpConnWrite(s->conn, "*\r\nQUIT\r\n", 9);
+	SmtpConnWrite(s->conn, "*\r\n", 3);
 	SmtpConnFlush(s->conn);
 	FailLocal(s, "AUTH", Tcl_GetString(err));
 	Tcl_DecrRefCount(err);
@@ -1774,6 +2032,34 @@ OnAuthReply(
 }
 
 /*
+ * LMTP's reply for one accepted recipient after the message (RFC 2033),
+ * in the order of the recipients.
+ */
+
+static void
+OnLmtpReply(
+    SmtpSession *s,
+    SmtpReply *r)
+{
+    Tcl_Size na = 0;
+
+    Tcl_ListObjLength(NULL, s->accepted, &na);
+    if (r->code != 250 && r->code != 251 && s->lmtpIdx < na) {
+	Tcl_Obj *rcpt;
+
+	Tcl_ListObjIndex(NULL, s->accepted, s->lmtpIdx, &rcpt);
+	AddRefused(s->txRefused, rcpt, r->code, SmtpReplyDiagnostic(r));
+    }
+    if (++s->lmtpIdx >= na) {
+	SetObj(&s->lastReply, Tcl_ObjPrintf("%d %s", r->code,
+		Tcl_GetString(SmtpReplyDiagnostic(r))));
+	EndTransaction(s);
+    } else {
+	ArmWait(s);
+    }
+}
+
+/*
  * After EHLO (again after TLS): ONEX and QUED as tcllib does, then AUTH,
  * then the first transaction. Each step's reply calls this again.
  */
@@ -1786,14 +2072,14 @@ AfterHello(
     case 0:
 	s->helloStep = 1;
 	if (!s->opts->multiple && SmtpHasExtension(s->caps, "ONEX", NULL)) {
-	    Send(s, ST_ONEX, WAIT_EHLO, "ONEX", 4);
+	    Send(s, ST_ONEX, EX_ONEX, WAIT_EHLO, "ONEX", 4);
 	    return;
 	}
 	/* FALLTHRU */
     case 1:
 	s->helloStep = 2;
 	if (s->opts->queue && SmtpHasExtension(s->caps, "XQUE", NULL)) {
-	    Send(s, ST_QUED, WAIT_EHLO, "QUED", 4);
+	    Send(s, ST_QUED, EX_QUED, WAIT_EHLO, "QUED", 4);
 	    return;
 	}
 	/* FALLTHRU */
@@ -1816,12 +2102,13 @@ AfterHello(
 static void
 OnReply(
     SmtpSession *s,
-    SmtpReply *r)
+    SmtpReply *r,
+    Expect kind)
 {
     switch (s->state) {
     case ST_GREETING:
 	if (r->code == 220) {
-	    SendObj(s, ST_EHLO, WAIT_EHLO, Tcl_ObjPrintf("%s %s",
+	    SendObj(s, ST_EHLO, EX_EHLO, WAIT_EHLO, Tcl_ObjPrintf("%s %s",
 		    s->opts->lmtp ? "LHLO" : "EHLO",
 		    Tcl_GetString(s->opts->client)));
 	} else {
@@ -1837,12 +2124,12 @@ OnReply(
 		    && !s->opts->tlsimport
 		    && (SmtpHasExtension(s->caps, "STARTTLS", NULL)
 			|| SmtpHasExtension(s->caps, "TLS", NULL))) {
-		Send(s, ST_STARTTLS, WAIT_EHLO, "STARTTLS", 8);
+		Send(s, ST_STARTTLS, EX_STARTTLS, WAIT_EHLO, "STARTTLS", 8);
 		break;
 	    }
 	    AfterHello(s);
 	} else if (r->code >= 500 && r->code <= 599 && !s->opts->lmtp) {
-	    SendObj(s, ST_HELO, WAIT_EHLO, Tcl_ObjPrintf("HELO %s",
+	    SendObj(s, ST_HELO, EX_HELO, WAIT_EHLO, Tcl_ObjPrintf("HELO %s",
 		    Tcl_GetString(s->opts->client)));
 	} else {
 	    ServerFailed(s, "EHLO", Tcl_ObjPrintf("EHLO: %d %s", r->code,
@@ -1896,7 +2183,7 @@ OnReply(
 	} else if (s->nrcpts > 0) {
 	    if (s->pipelining) {
 		s->state = ST_RCPT;
-		SmtpConnSetTimeout(s->conn, Bound(s, WAIT_RCPT));
+		ArmWait(s);
 	    } else {
 		SendRcpt(s);
 	    }
@@ -1924,13 +2211,13 @@ OnReply(
 	}
 	if (++s->rcptIdx < s->nrcpts) {
 	    if (s->pipelining) {
-		SmtpConnSetTimeout(s->conn, Bound(s, WAIT_RCPT));
+		ArmWait(s);
 	    } else {
 		SendRcpt(s);
 	    }
 	} else if (s->pipeData) {
 	    s->state = ST_DATA;
-	    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_DATA));
+	    ArmWait(s);
 	} else if (s->pipeBody) {
 	    AfterEarlyBody(s);
 	} else if (s->mailCode != 250) {
@@ -1962,7 +2249,7 @@ OnReply(
 	    EndTransactionDropped(s);
 	} else if (s->pipeData && s->good == 0) {
 	    /* RFC 2920: DATA refused because every RCPT was. */
-	    Send(s, ST_RSET, WAIT_RSET, "RSET", 4);
+	    Send(s, ST_RSET, EX_RSET, WAIT_RSET, "RSET", 4);
 	} else {
 	    FailReply(s, "DATA", r);
 	}
@@ -1976,27 +2263,9 @@ OnReply(
 	    FailReply(s, "DATA", r);
 	}
 	break;
-    case ST_LMTP: {
-	/* RFC 2033: one reply per accepted recipient, in order. */
-	Tcl_Size na = 0;
-
-	Tcl_ListObjLength(NULL, s->accepted, &na);
-	if (r->code != 250 && r->code != 251 && s->lmtpIdx < na) {
-	    Tcl_Obj *rcpt;
-
-	    Tcl_ListObjIndex(NULL, s->accepted, s->lmtpIdx, &rcpt);
-	    AddRefused(s->txRefused, rcpt, r->code, SmtpReplyDiagnostic(r));
-	}
-	if (++s->lmtpIdx >= na) {
-	    SetObj(&s->lastReply, Tcl_ObjPrintf("%d %s", r->code,
-		    Tcl_GetString(SmtpReplyDiagnostic(r))));
-	    EndTransaction(s);
-	} else {
-	    SmtpConnSetTimeout(s->conn, s->opts->maxsecs > WAIT_MAX
-		    ? WAIT_MAX : s->opts->maxsecs);
-	}
+    case ST_LMTP:
+	OnLmtpReply(s, r);
 	break;
-    }
     case ST_RSET:
 	EndTransaction(s);
 	break;
@@ -2007,7 +2276,7 @@ OnReply(
 	if (s->quitSent) {
 	    EndTransaction(s);
 	} else {
-	    Send(s, ST_RSET, WAIT_RSET, "RSET", 4);
+	    Send(s, ST_RSET, EX_RSET, WAIT_RSET, "RSET", 4);
 	}
 	break;
     case ST_READY:
@@ -2027,12 +2296,7 @@ OnReply(
 	Finish(s);
 	break;
     case ST_BODY:
-	if (s->chunking) {
-	    OnBdatReply(s, r);
-	} else {
-	    /* A reply before the message has been written is a refusal. */
-	    FailReply(s, "DATA", r);
-	}
+	OnBdatReply(s, r, kind);
 	break;
     default:
 	break;
@@ -2082,7 +2346,8 @@ OnConnected(
 	return;
     }
     s->state = ST_GREETING;
-    SmtpConnSetTimeout(s->conn, Bound(s, WAIT_GREETING));
+    Owe(s, EX_GREETING, Bound(s, WAIT_GREETING));
+    ArmWait(s);
 }
 
 /*
@@ -2118,15 +2383,59 @@ OnTlsDone(
     }
     if (s->opts->tlsimport) {
 	s->state = ST_GREETING;
-	SmtpConnSetTimeout(s->conn, Bound(s, WAIT_GREETING));
+	Owe(s, EX_GREETING, Bound(s, WAIT_GREETING));
+	ArmWait(s);
     } else {
 	/* RFC 3207: forget what was heard before TLS; say EHLO again. */
 	SetObj(&s->caps, NULL);
-	SendObj(s, ST_EHLO, WAIT_EHLO, Tcl_ObjPrintf("%s %s",
+	SendObj(s, ST_EHLO, EX_EHLO, WAIT_EHLO, Tcl_ObjPrintf("%s %s",
 		s->opts->lmtp ? "LHLO" : "EHLO",
 		Tcl_GetString(s->opts->client)));
     }
 }
+
+/*
+ * The server has broken the dialogue: a reply that cannot be read, or one
+ * that no command asked for ('kind' is the command it came with). Nothing
+ * more it says can be matched to a command, so the connection is dropped.
+ * While the session is set up the next server is tried; a kept connection
+ * being reset is opened again; once the message has been accepted (QUIT's
+ * reply) nothing is wrong; else the message is not sent: an error naming
+ * the stage (after the main message, the blind copies are refused).
+ */
+
+static void
+ProtocolError(
+    SmtpSession *s,
+    Expect kind,
+    Tcl_Obj *why)
+{
+    Tcl_IncrRefCount(why);
+    if (s->opts->debug) {
+	Debug(s, Tcl_ObjPrintf("    ... %s: %s ...", expectStage[kind],
+		Tcl_GetString(why)));
+    }
+    if (s->state == ST_QUIT || kind == EX_QUIT) {
+	Finish(s);
+    } else if (s->state == ST_RSETNEXT) {
+	Reconnect(s, why);
+    } else if (kind <= EX_STARTTLS) {
+	ServerFailed(s, expectStage[kind], why);
+    } else if (s->cur > 0) {
+	CloseConn(s);
+	BccFailed(s, 400, why);
+    } else {
+	FailLocal(s, expectStage[kind], Tcl_GetString(why));
+    }
+    Tcl_DecrRefCount(why);
+}
+
+/*
+ * Bytes from the server: each complete reply answers the head of the
+ * ledger. A reply when none is owed, or more replies in one read than
+ * were owed when the last of them was taken (a 250 sent with the 354
+ * before any of the message, say), broke the dialogue.
+ */
 
 static void
 OnBytes(
@@ -2137,10 +2446,25 @@ OnBytes(
     SmtpSession *s = (SmtpSession *) cd;
     SmtpConn *conn = s->conn;
 
+    if (s->state == ST_READY) {
+	/*
+	 * A kept connection, nothing asked: a 421 as the server goes away,
+	 * or worse. The next send connects again.
+	 */
+
+	if (s->opts->debug) {
+	    Debug(s, Tcl_ObjPrintf("<-- %.*s", (int) (n > 512 ? 512 : n),
+		    (const char *) p));
+	}
+	CloseConn(s);
+	return;
+    }
     while (n > 0 && !s->finished && s->conn == conn) {
 	SmtpReply r;
 	size_t used;
 	Tcl_Obj *err = NULL;
+	Owed *head;
+	Expect kind;
 	int st;
 
 	SmtpReplyInit(&r);
@@ -2150,17 +2474,12 @@ OnBytes(
 	if (st == SMTP_PARSE_MORE) {
 	    break;
 	}
+	head = OwedHead(s);
 	if (st == SMTP_PARSE_ERROR) {
-	    Tcl_IncrRefCount(err);
 	    if (s->opts->debug) {
 		Debug(s, Tcl_ObjPrintf("<-- %s", Tcl_GetString(err)));
 	    }
-	    if (s->state <= ST_HELO) {
-		ServerFailed(s, "GREETING", err);
-	    } else {
-		FailLocal(s, "PROTOCOL", Tcl_GetString(err));
-	    }
-	    Tcl_DecrRefCount(err);
+	    ProtocolError(s, head ? head->kind : s->lastKind, err);
 	    break;
 	}
 	if (s->opts->debug) {
@@ -2173,8 +2492,25 @@ OnBytes(
 	    }
 	}
 	SmtpConnSetTimeout(conn, -1);
-	if (s->state == ST_STARTTLS && r.code == 220
-		&& (n > 0 || SmtpBufAvail(&s->parser.line) > 0)) {
+	if (head == NULL) {
+	    if (s->state == ST_BODY && !s->chunking && r.code >= 400) {
+		/* A refusal before the message has been written. */
+		FailReply(s, "DATA", &r);
+	    } else {
+		ProtocolError(s, s->lastKind, Tcl_ObjPrintf("the server sent"
+			" a reply that no command asked for: %d %s", r.code,
+			Tcl_GetString(SmtpReplyDiagnostic(&r))));
+	    }
+	    SmtpReplyClear(&r);
+	    break;
+	}
+	if (IsFinal(head->kind) && head->secs == 0) {
+	    /* -maxsecs 0: the wait for the final reply ends at once. */
+	    SmtpReplyClear(&r);
+	    OnTimeout(s);
+	    break;
+	}
+	if (s->state == ST_STARTTLS && r.code == 220 && n > 0) {
 	    /*
 	     * Bytes after the 220 came before the handshake, in the clear:
 	     * someone is injecting commands (CVE-2011-0411 class).
@@ -2185,7 +2521,20 @@ OnBytes(
 		    " STARTTLS: plaintext injection, connection dropped");
 	    break;
 	}
-	OnReply(s, &r);
+	kind = Settle(s);
+	if (n > 0 && Owing(s) == 0 && kind != EX_QUIT) {
+	    if (IsFinal(kind)) {
+		/* The verdict on the message stands; the connection not. */
+		s->desync = 1;
+	    } else {
+		ProtocolError(s, kind, Tcl_ObjPrintf("the server sent more"
+			" replies than commands were given, after: %d %s",
+			r.code, Tcl_GetString(SmtpReplyDiagnostic(&r))));
+		SmtpReplyClear(&r);
+		break;
+	    }
+	}
+	OnReply(s, &r, kind);
 	SmtpReplyClear(&r);
     }
 }
@@ -2281,7 +2630,8 @@ OnTimeout(
 	Reconnect(s, Tcl_NewStringObj(why, -1));
 	break;
     case ST_BODY:
-	FailLocal(s, "TIMEOUT", "write to server timed out");
+	FailLocal(s, "TIMEOUT", s->bodyDone ? why
+		: "write to server timed out");
 	break;
     default:
 	FailLocal(s, "TIMEOUT", why);
@@ -2431,11 +2781,11 @@ SmtpSessionSubmit(
     if (s->conn && s->state == ST_READY) {
 	if (SmtpHasExtension(s->caps, "PIPELINING", NULL)) {
 	    /* RFC 2920: RSET may lead the batch of MAIL and RCPT. */
-	    Put(s, WAIT_RSET, "RSET", 4);
+	    Put(s, EX_RSET, WAIT_RSET, "RSET", 4);
 	    s->rsetPending = 1;
 	    StartTransaction(s);
 	} else {
-	    Send(s, ST_RSETNEXT, WAIT_RSET, "RSET", 4);
+	    Send(s, ST_RSETNEXT, EX_RSET, WAIT_RSET, "RSET", 4);
 	}
 	return;
     }
@@ -2533,7 +2883,7 @@ SmtpSessionClose(
     if (s->conn && s->state == ST_READY) {
 	s->keepOpen = 0;
 	s->finished = 0;
-	Send(s, ST_QUIT, WAIT_QUIT, "QUIT", 4);
+	Send(s, ST_QUIT, EX_QUIT, WAIT_QUIT, "QUIT", 4);
 	WaitFinished(s);
     }
     CloseConn(s);
