@@ -1351,8 +1351,8 @@ ParseOptions(
 		" spaces and control characters are not allowed",
 		Tcl_GetString(c->opts.client)));
     }
-    if ((c->opts.usetls || c->opts.tlsimport)
-	    && SmtpTlsCheckOptions(interp, c->opts.tlsoptions) != TCL_OK) {
+    /* Checked whatever -usetls says, as every option is. */
+    if (SmtpTlsCheckOptions(interp, c->opts.tlsoptions) != TCL_OK) {
 	return TCL_ERROR;
     }
     return TCL_OK;

@@ -60,7 +60,8 @@
 #                      Default 0.
 #     BDAT (RFC 3030) is understood when CHUNKING is in -ehlo: each chunk
 #     is answered as the command "BDAT n ?LAST?" and the chunks are
-#     recorded as one message (raw = message, no dot-stuffing) at LAST.
+#     recorded as one message (raw = message, no dot-stuffing) at LAST
+#     (with -lmtp, LAST gets the replies per recipient, as the dot does).
 #     -tlsdelay MS     Start the server side of each TLS handshake MS
 #                      milliseconds late (after the 220 to STARTTLS has
 #                      been sent), so the client waits in its handshake.
@@ -97,6 +98,9 @@
 #	conn      Only for connection number conn (1-based); "" or * = any.
 #	times     Fire at most this many times in total ("" = unlimited).
 #	Actions:
+#	  raw BYTES         Send BYTES exactly as given (no line end added,
+#	                    nothing split or checked): for replies that are
+#	                    not replies, e.g. a line of 10 MB.
 #	  reply TEXT        Send TEXT instead of the default reply.  A
 #	                    multi-line reply is given as a list of lines each
 #	                    starting with a 3-digit code and "-" or " " (sent
@@ -549,9 +553,9 @@ proc ::smtpd::ParseRule {rule} {
         set arg [lindex $action 1]
         set rest [lrange $rule 2 end]
     }
-    if {$kw ni {reply stall hang drop delay}} {
+    if {$kw ni {reply raw stall hang drop delay}} {
         return -code error "smtpd: bad rule \"$rule\": unknown action \"$kw\",\
-                must be reply, stall, hang, drop or delay"
+                must be reply, raw, stall, hang, drop or delay"
     }
     if {$kw eq "delay" && ![string is integer -strict [lindex $arg 0]]} {
         return -code error "smtpd: bad rule \"$rule\": delay needs {ms ?reply?}"
@@ -642,12 +646,17 @@ proc ::smtpd::Respond {srv n event line default {closeAfter 0}} {
     }
     lassign [FindRule $srv $n $event $line] kw arg
     set delay 0
+    set raw 0
     switch -- $kw {
         "" {
             set lines $default
         }
         reply {
             set lines [ReplyLines $arg]
+        }
+        raw {
+            set lines [list $arg]
+            set raw 1
         }
         delay {
             set delay [lindex $arg 0]
@@ -673,14 +682,14 @@ proc ::smtpd::Respond {srv n event line default {closeAfter 0}} {
             return drop
         }
     }
-    Queue $srv $n $lines $delay $closeAfter
+    Queue $srv $n $lines $delay $closeAfter $raw
     return [string range [lindex $lines end] 0 2]
 }
 
-proc ::smtpd::Queue {srv n lines delay closeAfter} {
+proc ::smtpd::Queue {srv n lines delay closeAfter {raw 0}} {
     upvar #0 [CVar $srv $n] C
     set due [expr {[clock milliseconds] + $delay}]
-    lappend C(outq) [list $due $lines $closeAfter]
+    lappend C(outq) [list $due $lines $closeAfter $raw]
     # Replies to commands that came in one read leave in one write, as a
     # pipelining server sends them (Readable flushes after Process).
     if {!$C(reading)} {
@@ -702,15 +711,19 @@ proc ::smtpd::Flush {srv n} {
     set out ""
     set closeNow 0
     while {[llength $C(outq)]} {
-        lassign [lindex $C(outq) 0] due lines closeAfter
+        lassign [lindex $C(outq) 0] due lines closeAfter raw
         if {$due > $now} {
             set C(afterid) [after [expr {$due - $now}] \
                     [list ::smtpd::Flush $srv $n]]
             break
         }
         set C(outq) [lrange $C(outq) 1 end]
-        foreach l $lines {
-            append out $l\r\n
+        if {$raw} {
+            append out [lindex $lines 0]
+        } else {
+            foreach l $lines {
+                append out $l\r\n
+            }
         }
         if {$closeAfter} {
             set closeNow 1
@@ -1025,8 +1038,17 @@ proc ::smtpd::BdatDone {srv n} {
     set idx [expr {[llength $S(messages)] - 1}]
     set C(from) {}
     set C(rcpts) {}
-    set code [Respond $srv $n cmd $C(bdatline) \
-            [list "250 2.0.0 Ok: queued as [llength $S(messages)]"]]
+    if {[string is true $S(-lmtp)]} {
+        # RFC 2033 with RFC 3030: a reply for each accepted recipient.
+        set code {}
+        foreach r [dict get $msg rcpts] {
+            lappend code [Respond $srv $n lmtp "LMTP $r" \
+                    [list "250 2.1.5 <$r> delivered"]]
+        }
+    } else {
+        set code [Respond $srv $n cmd $C(bdatline) \
+                [list "250 2.0.0 Ok: queued as [llength $S(messages)]"]]
+    }
     lset S(messages) $idx [dict replace $msg reply $code]
     Notify $srv
     WriteRecord $srv
