@@ -89,7 +89,6 @@ struct SmtpSession {
     int dsn;			/* The server offers DSN. */
     int pipelining;		/* The server offers PIPELINING. */
     int chunking;		/* BDAT instead of DATA. */
-    int bdatPending;		/* BDAT replies still to come. */
     int quitSent;		/* QUIT went out behind the last message. */
     int pipeData;		/* DATA went out in the batch. */
     int pipeBody;		/* So did the whole message, in BDAT. */
@@ -132,8 +131,6 @@ struct SmtpSession {
     int keepOpen;		/* A session: stay connected after the
 				 * messages, for more. */
     int retried;		/* Reconnected once for this submission. */
-    int rsetPending;		/* RSET went ahead of MAIL in the batch;
-				 * its reply comes first. */
     Tcl_Obj *errMsg;
     Tcl_Obj *errCode;
 
@@ -1088,6 +1085,7 @@ StartTransaction(
     SmtpMessage *m = &s->msgs[s->cur];
     Tcl_Obj *cmd, *limit = NULL, **rcpts;
     int utf8 = NeedsUtf8(m->sender), i, early;
+    int behindRset = Owing(s) > 0;	/* A session's RSET leads. */
     Tcl_Size n;
 
     if (Tcl_ListObjGetElements(NULL, m->recipients, &s->nrcpts, &rcpts)
@@ -1194,7 +1192,7 @@ StartTransaction(
 	if (early && !s->chunking) {
 	    Put(s, EX_DATA, WAIT_DATA, "DATA", 4);
 	    s->pipeData = 1;
-	} else if (early && m->size <= EARLY_BODY_MAX && !s->rsetPending) {
+	} else if (early && m->size <= EARLY_BODY_MAX && !behindRset) {
 	    /*
 	     * Not behind a session's RSET: a connection lost before the
 	     * RSET is answered is taken as nothing sent, and tried again.
@@ -1426,7 +1424,7 @@ PumpBody(
     SmtpSource *src = &s->msgs[s->cur].body;
 
     while (!s->bodyDone && SmtpConnPending(s->conn) < BODY_CHUNK
-	    && (s->pipelining || s->bdatPending == 0)) {
+	    && (s->pipelining || Owing(s) == 0)) {
 	Tcl_Obj *err = NULL;
 	int st;
 
@@ -1464,7 +1462,6 @@ PumpBody(
 		    (unsigned long) SmtpBufAvail(&s->out),
 		    s->bodyDone ? " LAST" : "");
 	    Put(s, s->bodyDone ? EX_BDATLAST : EX_BDAT, WAIT_DATA, head, -1);
-	    s->bdatPending++;
 	}
 	SmtpConnWrite(s->conn, SmtpBufPtr(&s->out), SmtpBufAvail(&s->out));
 	if (s->bodyDone && !s->chunking) {
@@ -1488,7 +1485,7 @@ PumpBody(
     }
     if (!s->bodyDone) {
 	ArmWait(s);
-	SmtpConnWantWritable(s->conn, s->pipelining || s->bdatPending == 0);
+	SmtpConnWantWritable(s->conn, s->pipelining || Owing(s) == 0);
 	return;
     }
     SmtpConnWantWritable(s->conn, 0);
@@ -1509,7 +1506,6 @@ StartBody(
     s->lastTime = 0;
     s->state = ST_BODY;
     s->bodyDone = 0;
-    s->bdatPending = 0;
     if (s->chunking) {
 	SmtpDataInitBdat(&s->enc);
     } else {
@@ -1531,7 +1527,6 @@ OnBdatReply(
     SmtpReply *r,
     Expect kind)
 {
-    s->bdatPending--;
     if (kind == EX_BDATLAST && s->opts->lmtp) {
 	/* RFC 2033 with RFC 3030: one reply per accepted recipient. */
 	AfterBody(s);
@@ -1546,7 +1541,7 @@ OnBdatReply(
 	PumpBody(s);
 	return;
     }
-    if (s->bdatPending == 0) {
+    if (kind == EX_BDATLAST) {
 	SetObj(&s->lastReply, Tcl_ObjPrintf("%d %s", r->code,
 		Tcl_GetString(SmtpReplyDiagnostic(r))));
 	AfterBody(s);
@@ -2166,9 +2161,8 @@ OnReply(
 	OnAuthReply(s, r);
 	break;
     case ST_MAIL:
-	if (s->rsetPending) {
+	if (kind == EX_RSET) {
 	    /* The reply to the RSET that led the batch. */
-	    s->rsetPending = 0;
 	    if (r->code != 250) {
 		Reconnect(s, Tcl_ObjPrintf("RSET: %d %s", r->code,
 			Tcl_GetString(SmtpReplyDiagnostic(r))));
@@ -2270,7 +2264,7 @@ OnReply(
 	EndTransaction(s);
 	break;
     case ST_BDATDROP:
-	if (--s->bdatPending > 0) {
+	if (kind != EX_BDATLAST) {
 	    break;
 	}
 	if (s->quitSent) {
@@ -2315,7 +2309,6 @@ Reconnect(
     Tcl_Obj *why)
 {
     Tcl_IncrRefCount(why);
-    s->rsetPending = 0;
     CloseConn(s);
     if (s->retried) {
 	FailLocal(s, "EOF", Tcl_GetString(why));
@@ -2587,9 +2580,8 @@ OnClosed(
 	Reconnect(s, Tcl_NewStringObj(why, -1));
 	break;
     default:
-	if (s->rsetPending) {
+	if (Owing(s) > 0 && OwedHead(s)->kind == EX_RSET) {
 	    /* Gone before even the RSET was answered: nothing was sent. */
-	    s->rsetPending = 0;
 	    Reconnect(s, Tcl_NewStringObj(why, -1));
 	} else {
 	    FailLocal(s, "EOF", why);
@@ -2782,7 +2774,6 @@ SmtpSessionSubmit(
 	if (SmtpHasExtension(s->caps, "PIPELINING", NULL)) {
 	    /* RFC 2920: RSET may lead the batch of MAIL and RCPT. */
 	    Put(s, EX_RSET, WAIT_RSET, "RSET", 4);
-	    s->rsetPending = 1;
 	    StartTransaction(s);
 	} else {
 	    Send(s, ST_RSETNEXT, EX_RSET, WAIT_RSET, "RSET", 4);
