@@ -983,7 +983,8 @@ typedef struct Node {
 
     int enc;			/* ENC_...: the encoding written. */
     int qpText;
-    const char *label;		/* Content-Transfer-Encoding, or NULL. */
+    const char *label;		/* Content-Transfer-Encoding, or NULL; */
+    const char *label8;		/* with SMTPUTF8. */
     int eightBit;		/* Headers or body carry octets > 127. */
     char boundary[80];
 } Node;
@@ -1725,30 +1726,35 @@ DecideLeaf(
  * Chooses every part's encoding, bottom up: a multipart or message whose
  * body carries octets over 127 says 8bit (RFC 2045 6.4: its own encoding
  * must describe its content); otherwise what the token said, if it is an
- * identity encoding. Returns whether the part's headers or body carry
- * 8-bit octets.
+ * identity encoding. The headers of the parts inside count, as written
+ * without SMTPUTF8 (utf8 0, nd->label) or with it (utf8 1, nd->label8).
+ * Returns whether the part's headers or body carry 8-bit octets.
  */
 
 static int
 Decide(
-    Node *nd)
+    Node *nd,
+    int utf8)
 {
     int i, body8 = 0;
 
     if (nd->nkids == 0 && !nd->multipart && !nd->message) {
-	DecideLeaf(nd);
+	if (!utf8) {
+	    DecideLeaf(nd);
+	}
+	nd->label8 = nd->label;
 	body8 = nd->eightBit;
     } else {
 	for (i = 0; i < nd->nkids; i++) {
-	    body8 |= Decide(nd->kids[i]);
+	    body8 |= Decide(nd->kids[i], utf8);
 	}
-	nd->eightBit = body8;
-	nd->label = !strcmp(nd->encoding, "binary") ? "binary"
+	*(utf8 ? &nd->label8 : &nd->label) =
+		!strcmp(nd->encoding, "binary") ? "binary"
 		: body8 ? "8bit"
 		: !strcmp(nd->encoding, "7bit") ? "7bit"
 		: !strcmp(nd->encoding, "8bit") ? "8bit" : NULL;
     }
-    return body8 || HeadHas8bit(&nd->head) || HeadHas8bit(&nd->head8);
+    return body8 || HeadHas8bit(utf8 ? &nd->head8 : &nd->head);
 }
 
 /*
@@ -2010,14 +2016,15 @@ PartHeaders(
     Tcl_Obj **kv;
     Tcl_Size n, i;
     SmtpBuf *head = utf8 ? &nd->head8 : &nd->head;
+    const char *label = utf8 ? nd->label8 : nd->label;
 
     SmtpBufAppend(out, head->data, head->len);
-    if (nd->label) {
+    if (label) {
 	Tcl_DString cte;
 
 	Tcl_DStringInit(&cte);
 	Tcl_DStringAppend(&cte, "Content-Transfer-Encoding: ", -1);
-	Tcl_DStringAppend(&cte, nd->label, -1);
+	Tcl_DStringAppend(&cte, label, -1);
 	SmtpHeaderLine(out, (unsigned char *) Tcl_DStringValue(&cte),
 		(size_t) Tcl_DStringLength(&cte));
 	Tcl_DStringFree(&cte);
@@ -2616,7 +2623,8 @@ SmtpMimeWriter(
 	code = ScanAll(&pl, root);
     }
     if (code == TCL_OK) {
-	Decide(root);
+	Decide(root, 0);
+	Decide(root, 1);
 	code = Boundaries(&pl, root);
     }
     if (code == TCL_OK) {
