@@ -282,7 +282,8 @@ SmtpHeaderOctets(
 	    if (s[i] < 0x80) {
 		d[o] = s[i++];
 	    } else {
-		d[o] = (unsigned char) (((s[i] & 0x03) << 6) | (s[i + 1] & 0x3F));
+		d[o] = (unsigned char) (((s[i] & 0x03) << 6)
+			| (s[i + 1] & 0x3F));
 		i += 2;
 	    }
 	}
@@ -464,8 +465,8 @@ PiecesFree(
 
 /*
  * Adds a piece. White space is taken without line breaks (a value's own
- * folding is unfolded; the layout folds anew); 'wsForce' puts a space
- * where there is none.
+ * folding is unfolded; the layout folds anew); white space that was only
+ * a line break becomes a space.
  */
 
 static void
@@ -673,11 +674,7 @@ IsSpace(
 }
 
 /*
- * The words of an unstructured value as pieces: those that need encoding
- * in runs of encoded words, with the white space between them inside the
- * run (a reader drops white space between encoded words); the others as
- * they are. Next to a word the script encoded itself, the white space
- * goes into the run too, so that the reader keeps it.
+ * Appends octets without CR and LF (a value's folding, unfolded).
  */
 
 static void
@@ -718,6 +715,14 @@ SkipWord(
     }
     return i;
 }
+
+/*
+ * The words of an unstructured value as pieces: those that need encoding
+ * in runs of encoded words, with the white space between them inside the
+ * run (a reader drops white space between encoded words); the others as
+ * they are. Next to a word the script encoded itself, the white space
+ * goes into the run too, so that the reader keeps it.
+ */
 
 static void
 Unstructured(

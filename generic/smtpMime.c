@@ -28,8 +28,6 @@
 #define QP_LIMIT	75	/* Characters of a quoted-printable line
 				 * before its soft break '='. */
 #define B64_LINE	76	/* Characters of a base64 line. */
-#define FOLD_AT		78	/* Header lines longer than this are folded
-				 * at white space (RFC 5322 2.1.1). */
 #define LINE_MAX_OCTETS	998	/* Longest line SMTP carries. */
 #define MAX_DEPTH	64	/* Deepest nesting of parts accepted. */
 #define FILE_BLOCK	65536	/* File bytes read at a time. */
