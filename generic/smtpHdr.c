@@ -1239,9 +1239,11 @@ SmtpParamAppend(
 }
 
 /*
- * Content-Disposition (RFC 2183): its type, then its parameters, those
- * that need it in RFC 2231's form, the others as they were written.
- * Returns 0 (nothing written) when the value is not of that shape.
+ * A value of the shape "type; name=value; ..." (Content-Disposition,
+ * RFC 2183; a Content-Type given whole with mime::initialize -canonical):
+ * its type, then its parameters, those that need it in RFC 2231's form,
+ * the others as they were written. Returns 0 (nothing written) when the
+ * value is not of that shape.
  */
 
 static int
@@ -1320,6 +1322,24 @@ Disposition(
     Tcl_DStringAppend(line, Tcl_DStringValue(&out), Tcl_DStringLength(&out));
     Tcl_DStringFree(&out);
     return 1;
+}
+
+/*
+ * Appends a value of the shape "type; name=value; ..." to a header line:
+ * as it is when nothing in it needs encoding (or it is not of that shape),
+ * else with its parameters in RFC 2231's form where they need it.
+ */
+
+void
+SmtpParamsAppend(
+    Tcl_DString *line,
+    const unsigned char *v,
+    size_t n,
+    int ascii)
+{
+    if (!NeedsEnc(v, n, ascii) || !Disposition(line, v, n, ascii)) {
+	Tcl_DStringAppend(line, (const char *) v, (Tcl_Size) n);
+    }
 }
 
 /*

@@ -379,6 +379,8 @@ void		SmtpHeaderWrite(SmtpBuf *ascii, SmtpBuf *utf8,
 void		SmtpParamAppend(Tcl_DString *ds, const char *key,
 		    size_t keyLen, const unsigned char *val, size_t valLen,
 		    int ascii);
+void		SmtpParamsAppend(Tcl_DString *line, const unsigned char *v,
+		    size_t n, int ascii);
 
 /*
  * smtpMime.c: the message writer. A mime token becomes a source of the

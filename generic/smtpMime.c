@@ -1079,25 +1079,6 @@ Unknown(
 }
 
 /*
- * Appends a Tcl string as mime's channel writes it: in the system
- * encoding.
- */
-
-static void
-AppendExternal(
-    Tcl_DString *ds,
-    Tcl_Obj *obj)
-{
-    Tcl_DString ext;
-    Tcl_Size len;
-    const char *s = Tcl_GetStringFromObj(obj, &len);
-
-    Tcl_UtfToExternalDString(NULL, s, len, &ext);
-    Tcl_DStringAppend(ds, Tcl_DStringValue(&ext), Tcl_DStringLength(&ext));
-    Tcl_DStringFree(&ext);
-}
-
-/*
  * Writes a header field to a part's headers, in both renditions
  * (smtpHdr.c): nd->head for a message sent without SMTPUTF8, nd->head8
  * for one sent with it.
@@ -1324,7 +1305,14 @@ Walk(
 	return Unknown(pl, token, "unknown encoding");
     }
     /* mime matches content types case-sensitively; so does this. */
-    AppendExternal(&nd->type, content);
+    {
+	Tcl_DString ct;
+
+	SmtpHeaderOctets(content, &ct);
+	Tcl_DStringAppend(&nd->type, Tcl_DStringValue(&ct),
+		Tcl_DStringLength(&ct));
+	Tcl_DStringFree(&ct);
+    }
     type = Tcl_DStringValue(&nd->type);
     nd->text = HasPrefix(type, "text/");
     code = WalkHeaders(pl, token, nd);
@@ -2029,8 +2017,8 @@ PartHeaders(
     }
     Tcl_DStringInit(&ct);
     Tcl_DStringAppend(&ct, "Content-Type: ", -1);
-    Tcl_DStringAppend(&ct, Tcl_DStringValue(&nd->type),
-	    Tcl_DStringLength(&nd->type));
+    SmtpParamsAppend(&ct, (const unsigned char *) Tcl_DStringValue(&nd->type),
+	    (size_t) Tcl_DStringLength(&nd->type), !utf8);
     Tcl_ListObjGetElements(NULL, nd->params, &n, &kv);
     for (i = 0; i + 1 < n; i += 2) {
 	if (nd->multipart && strcmp(Tcl_GetString(kv[i]), "boundary") == 0) {
