@@ -28,8 +28,6 @@
 #define QP_LIMIT	75	/* Characters of a quoted-printable line
 				 * before its soft break '='. */
 #define B64_LINE	76	/* Characters of a base64 line. */
-#define FOLD_AT		78	/* Header lines longer than this are folded
-				 * at white space (RFC 5322 2.1.1). */
 #define LINE_MAX_OCTETS	998	/* Longest line SMTP carries. */
 #define MAX_DEPTH	64	/* Deepest nesting of parts accepted. */
 #define FILE_BLOCK	65536	/* File bytes read at a time. */
@@ -962,7 +960,8 @@ typedef struct Node {
     int message;		/* A message part: its one kid follows. */
 
     SmtpBuf head;		/* MIME-Version and the token's headers,
-				 * as written. */
+				 * as written without SMTPUTF8, */
+    SmtpBuf head8;		/* and with it. */
     Tcl_DString type;		/* Content type, as written. */
     Tcl_Obj *params;		/* Content-Type parameters (list). */
     char encoding[24];		/* The token's encoding, lower case. */
@@ -982,7 +981,8 @@ typedef struct Node {
 
     int enc;			/* ENC_...: the encoding written. */
     int qpText;
-    const char *label;		/* Content-Transfer-Encoding, or NULL. */
+    const char *label;		/* Content-Transfer-Encoding, or NULL; */
+    const char *label8;		/* with SMTPUTF8. */
     int eightBit;		/* Headers or body carry octets > 127. */
     char boundary[80];
 } Node;
@@ -990,6 +990,9 @@ typedef struct Node {
 typedef struct Seg {
     int file;			/* SEG_LIT, SEG_FILE or SEG_BYTES. */
     SmtpBuf lit;
+    int hasAlt;			/* SEG_LIT: headers written otherwise with
+				 * SMTPUTF8, */
+    SmtpBuf alt;		/* as these. */
     Tcl_Obj *path;
     Tcl_WideInt offset, count;
     Tcl_Obj *value;		/* SEG_BYTES: the string value, and */
@@ -1010,6 +1013,9 @@ typedef struct Plan {
     Tcl_WideInt size;
     unsigned char last;		/* Last octet written so far. */
     int eightbit;		/* An octet over 127 is written. */
+    Tcl_WideInt sizeDelta;	/* With SMTPUTF8: octets more (or less). */
+    int eightbitAlt;		/* With SMTPUTF8: an octet over 127 in the
+				 * headers written otherwise. */
 } Plan;
 
 static void
@@ -1028,6 +1034,7 @@ NodeFree(
 	ckfree(nd->kids);
     }
     SmtpBufFree(&nd->head);
+    SmtpBufFree(&nd->head8);
     Tcl_DStringFree(&nd->type);
     if (nd->params) {
 	Tcl_DecrRefCount(nd->params);
@@ -1050,6 +1057,7 @@ NodeNew(void)
 
     memset(nd, 0, sizeof(Node));
     SmtpBufInit(&nd->head);
+    SmtpBufInit(&nd->head8);
     Tcl_DStringInit(&nd->type);
     Tcl_DStringInit(&nd->scratch);
     ScanInit(&nd->scan);
@@ -1071,174 +1079,23 @@ Unknown(
 }
 
 /*
- * Appends a Tcl string as mime's channel writes it: in the system
- * encoding.
+ * Writes a header field to a part's headers, in both renditions
+ * (smtpHdr.c): nd->head for a message sent without SMTPUTF8, nd->head8
+ * for one sent with it.
  */
-
-static void
-AppendExternal(
-    Tcl_DString *ds,
-    Tcl_Obj *obj)
-{
-    Tcl_DString ext;
-    Tcl_Size len;
-    const char *s = Tcl_GetStringFromObj(obj, &len);
-
-    Tcl_UtfToExternalDString(NULL, s, len, &ext);
-    Tcl_DStringAppend(ds, Tcl_DStringValue(&ext), Tcl_DStringLength(&ext));
-    Tcl_DStringFree(&ext);
-}
-
-static int
-IsWsp(
-    int c)
-{
-    return c == ' ' || c == '\t';
-}
-
-/*
- * Writes the physical lines p[start..end) of a header field, CRLF after
- * each: folded before white space when longer than FOLD_AT (on the
- * field's first line not before the value's start, 'value', so that line
- * keeps some of it), and when a line has no white space to fold at within
- * LINE_MAX_OCTETS, broken there with an added space: the only change
- * RFC 5322 leaves when nothing else fits.
- */
-
-static void
-FoldLines(
-    SmtpBuf *out,
-    const unsigned char *p,
-    size_t start,
-    size_t end,
-    size_t value)
-{
-    size_t pos = start, last = end;
-    int lead = 0;		/* An inserted space starts this line. */
-
-    while (last > start && IsWsp(p[last - 1])) {
-	last--;
-    }
-    while (lead + end - pos > FOLD_AT) {
-	size_t first = pos, lim = pos + FOLD_AT - lead, b = 0, j;
-
-	while (first < end && IsWsp(p[first])) {
-	    first++;
-	}
-	if (first < value) {
-	    first = value;
-	}
-	for (j = lim; j > first; j--) {
-	    if (IsWsp(p[j]) && j < last) {
-		b = j;
-		break;
-	    }
-	}
-	for (j = lim + 1; b == 0 && j < last
-		&& j - pos + lead <= LINE_MAX_OCTETS; j++) {
-	    if (j > first && IsWsp(p[j])) {
-		b = j;
-	    }
-	}
-	if (b == 0) {
-	    if (lead + end - pos <= LINE_MAX_OCTETS) {
-		break;
-	    }
-	    b = pos + LINE_MAX_OCTETS - lead;
-	    SmtpBufAppend(out, p + pos, b - pos);
-	    SmtpBufAppend(out, "\r\n ", 3);
-	    lead = 1;
-	    pos = b;
-	    continue;
-	}
-	SmtpBufAppend(out, p + pos, b - pos);
-	SmtpBufAppend(out, "\r\n", 2);
-	lead = 0;
-	pos = b;
-    }
-    SmtpBufAppend(out, p + pos, end - pos);
-    SmtpBufAppend(out, "\r\n", 2);
-}
-
-/*
- * Writes one header field, given as its logical line, to 'out'. A line
- * break inside that is followed by white space is kept as the caller's
- * folding; one followed by anything else becomes folding too, with a space
- * put in (mime would write a broken field); one that would leave a line of
- * white space only, or ends the value, is dropped. Then FoldLines.
- */
-
-static void
-HeaderField(
-    SmtpBuf *out,
-    const unsigned char *in,
-    size_t inLen)
-{
-    unsigned char *p = (unsigned char *) ckalloc(inLen + 1);
-    size_t *breaks = (size_t *) ckalloc(sizeof(size_t) * (inLen + 1));
-    size_t n = 0, nb = 0, i, value, start, k;
-
-    for (i = 0; i < inLen; i++) {
-	size_t j;
-
-	if (in[i] != '\r' && in[i] != '\n') {
-	    p[n++] = in[i];
-	    continue;
-	}
-	if (in[i] == '\r' && i + 1 < inLen && in[i + 1] == '\n') {
-	    i++;
-	}
-	for (j = i + 1; j < inLen && IsWsp(in[j]); j++) {
-	}
-	if (j == inLen || in[j] == '\r' || in[j] == '\n') {
-	    continue;
-	}
-	if (j == i + 1) {
-	    p[n++] = ' ';
-	    breaks[nb++] = n - 1;
-	} else if (n > 0) {
-	    breaks[nb++] = n;
-	}
-    }
-    value = 0;
-    while (value < n && p[value] != ':') {
-	value++;
-    }
-    while (value + 1 < n && IsWsp(p[value + 1])) {
-	value++;
-    }
-    value++;
-    start = 0;
-    for (k = 0; k <= nb; k++) {
-	size_t end = k < nb ? breaks[k] : n;
-
-	FoldLines(out, p, start, end, k == 0 ? value : start);
-	start = end;
-    }
-    ckfree(breaks);
-    ckfree(p);
-}
 
 static void
 HeaderObj(
-    SmtpBuf *out,
+    Node *nd,
     Tcl_Obj *name,
     const char *cname,
     Tcl_Obj *value)
 {
-    Tcl_DString line;
+    Tcl_Obj *nameObj = name ? name : Tcl_NewStringObj(cname, -1);
 
-    Tcl_DStringInit(&line);
-    if (name) {
-	AppendExternal(&line, name);
-    } else {
-	Tcl_DStringAppend(&line, cname, -1);
-    }
-    Tcl_DStringAppend(&line, ": ", 2);
-    AppendExternal(&line, value);
-    HeaderField(out, (unsigned char *) Tcl_DStringValue(&line),
-	    (size_t) Tcl_DStringLength(&line));
-    Tcl_DStringFree(&line);
+    Tcl_IncrRefCount(nameObj);
+    SmtpHeaderWrite(&nd->head, &nd->head8, nameObj, value);
+    Tcl_DecrRefCount(nameObj);
 }
 
 /*
@@ -1339,7 +1196,7 @@ WalkHeaders(
 	    || Tcl_ListObjLength(NULL, header, &nh) != TCL_OK || nh % 2) {
 	return Unknown(pl, token, "header lists malformed");
     }
-    HeaderObj(&nd->head, NULL, "MIME-Version", version);
+    HeaderObj(nd, NULL, "MIME-Version", version);
     for (i = 0; i < nl; i++) {
 	const char *lower = Tcl_GetString(lowers[i]);
 	Tcl_Obj *values = NULL, **v;
@@ -1356,7 +1213,7 @@ WalkHeaders(
 	    continue;
 	}
 	for (j = 0; j < nv; j++) {
-	    HeaderObj(&nd->head, mixeds[i], NULL, v[j]);
+	    HeaderObj(nd, mixeds[i], NULL, v[j]);
 	}
     }
     return TCL_OK;
@@ -1448,7 +1305,14 @@ Walk(
 	return Unknown(pl, token, "unknown encoding");
     }
     /* mime matches content types case-sensitively; so does this. */
-    AppendExternal(&nd->type, content);
+    {
+	Tcl_DString ct;
+
+	SmtpHeaderOctets(content, &ct);
+	Tcl_DStringAppend(&nd->type, Tcl_DStringValue(&ct),
+		Tcl_DStringLength(&ct));
+	Tcl_DStringFree(&ct);
+    }
     type = Tcl_DStringValue(&nd->type);
     nd->text = HasPrefix(type, "text/");
     code = WalkHeaders(pl, token, nd);
@@ -1848,30 +1712,35 @@ DecideLeaf(
  * Chooses every part's encoding, bottom up: a multipart or message whose
  * body carries octets over 127 says 8bit (RFC 2045 6.4: its own encoding
  * must describe its content); otherwise what the token said, if it is an
- * identity encoding. Returns whether the part's headers or body carry
- * 8-bit octets.
+ * identity encoding. The headers of the parts inside count, as written
+ * without SMTPUTF8 (utf8 0, nd->label) or with it (utf8 1, nd->label8).
+ * Returns whether the part's headers or body carry 8-bit octets.
  */
 
 static int
 Decide(
-    Node *nd)
+    Node *nd,
+    int utf8)
 {
     int i, body8 = 0;
 
     if (nd->nkids == 0 && !nd->multipart && !nd->message) {
-	DecideLeaf(nd);
+	if (!utf8) {
+	    DecideLeaf(nd);
+	}
+	nd->label8 = nd->label;
 	body8 = nd->eightBit;
     } else {
 	for (i = 0; i < nd->nkids; i++) {
-	    body8 |= Decide(nd->kids[i]);
+	    body8 |= Decide(nd->kids[i], utf8);
 	}
-	nd->eightBit = body8;
-	nd->label = !strcmp(nd->encoding, "binary") ? "binary"
+	*(utf8 ? &nd->label8 : &nd->label) =
+		!strcmp(nd->encoding, "binary") ? "binary"
 		: body8 ? "8bit"
 		: !strcmp(nd->encoding, "7bit") ? "7bit"
 		: !strcmp(nd->encoding, "8bit") ? "8bit" : NULL;
     }
-    return body8 || HeadHas8bit(&nd->head);
+    return body8 || HeadHas8bit(utf8 ? &nd->head8 : &nd->head);
 }
 
 /*
@@ -1922,7 +1791,8 @@ Collides(
     for (i = 0; i < nd->nkids && !*found; i++) {
 	Node *kid = nd->kids[i];
 
-	if (TextHasLine(kid->head.data, kid->head.len, delim)) {
+	if (TextHasLine(kid->head.data, kid->head.len, delim)
+		|| TextHasLine(kid->head8.data, kid->head8.len, delim)) {
 	    *found = 1;
 	} else if (kid->multipart
 		&& strncmp(delim + 2, kid->boundary, dlen - 2) == 0) {
@@ -2004,6 +1874,7 @@ SegFree(
     Seg *sg)
 {
     SmtpBufFree(&sg->lit);
+    SmtpBufFree(&sg->alt);
     if (sg->path) {
 	Tcl_DecrRefCount(sg->path);
 	sg->path = NULL;
@@ -2035,6 +1906,7 @@ NewSeg(
     memset(sg, 0, sizeof(Seg));
     sg->file = file;
     SmtpBufInit(&sg->lit);
+    SmtpBufInit(&sg->alt);
     return sg;
 }
 
@@ -2046,7 +1918,8 @@ static SmtpBuf *
 Lit(
     Plan *pl)
 {
-    if (pl->nsegs == 0 || pl->segs[pl->nsegs - 1].file) {
+    if (pl->nsegs == 0 || pl->segs[pl->nsegs - 1].file
+	    || pl->segs[pl->nsegs - 1].hasAlt) {
 	NewSeg(pl, 0);
     }
     return &pl->segs[pl->nsegs - 1].lit;
@@ -2081,7 +1954,8 @@ EmitStr(
 }
 
 /*
- * Appends to a Content-Type line a parameter, its value a quoted string.
+ * Appends to a Content-Type line a parameter (smtpHdr.c: a quoted string,
+ * or RFC 2231's form for a value beyond ASCII when 'ascii').
  */
 
 static void
@@ -2089,76 +1963,109 @@ AppendParam(
     Tcl_DString *ds,
     Tcl_Obj *key,
     const char *value,
-    Tcl_Obj *valueObj)
+    Tcl_Obj *valueObj,
+    int ascii)
 {
-    Tcl_DString v;
-    const char *s;
+    Tcl_DString k, v;
 
-    Tcl_DStringInit(&v);
     if (valueObj) {
-	AppendExternal(&v, valueObj);
-	s = Tcl_DStringValue(&v);
+	SmtpHeaderOctets(valueObj, &v);
     } else {
-	s = value;
+	Tcl_DStringInit(&v);
+	Tcl_DStringAppend(&v, value, -1);
     }
-    Tcl_DStringAppend(ds, "; ", 2);
     if (key) {
-	AppendExternal(ds, key);
+	SmtpHeaderOctets(key, &k);
     } else {
-	Tcl_DStringAppend(ds, "boundary", 8);
+	Tcl_DStringInit(&k);
+	Tcl_DStringAppend(&k, "boundary", 8);
     }
-    Tcl_DStringAppend(ds, "=\"", 2);
-    for (; *s; s++) {
-	if (*s == '"' || *s == '\\') {
-	    Tcl_DStringAppend(ds, "\\", 1);
-	}
-	Tcl_DStringAppend(ds, s, 1);
-    }
-    Tcl_DStringAppend(ds, "\"", 1);
+    SmtpParamAppend(ds, Tcl_DStringValue(&k), (size_t) Tcl_DStringLength(&k),
+	    (const unsigned char *) Tcl_DStringValue(&v),
+	    (size_t) Tcl_DStringLength(&v), ascii);
+    Tcl_DStringFree(&k);
     Tcl_DStringFree(&v);
 }
+
+/*
+ * A part's headers as a message without SMTPUTF8 (utf8 0) or with it
+ * (utf8 1) carries them, into 'out'.
+ */
+
+static void
+PartHeaders(
+    Node *nd,
+    int utf8,
+    SmtpBuf *out)
+{
+    Tcl_DString ct;
+    Tcl_Obj **kv;
+    Tcl_Size n, i;
+    SmtpBuf *head = utf8 ? &nd->head8 : &nd->head;
+    const char *label = utf8 ? nd->label8 : nd->label;
+
+    SmtpBufAppend(out, head->data, head->len);
+    if (label) {
+	Tcl_DString cte;
+
+	Tcl_DStringInit(&cte);
+	Tcl_DStringAppend(&cte, "Content-Transfer-Encoding: ", -1);
+	Tcl_DStringAppend(&cte, label, -1);
+	SmtpHeaderLine(out, (unsigned char *) Tcl_DStringValue(&cte),
+		(size_t) Tcl_DStringLength(&cte));
+	Tcl_DStringFree(&cte);
+    }
+    Tcl_DStringInit(&ct);
+    Tcl_DStringAppend(&ct, "Content-Type: ", -1);
+    SmtpParamsAppend(&ct, (const unsigned char *) Tcl_DStringValue(&nd->type),
+	    (size_t) Tcl_DStringLength(&nd->type), !utf8);
+    Tcl_ListObjGetElements(NULL, nd->params, &n, &kv);
+    for (i = 0; i + 1 < n; i += 2) {
+	if (nd->multipart && strcmp(Tcl_GetString(kv[i]), "boundary") == 0) {
+	    continue;
+	}
+	AppendParam(&ct, kv[i], NULL, kv[i + 1], !utf8);
+    }
+    if (nd->multipart) {
+	AppendParam(&ct, NULL, nd->boundary, NULL, !utf8);
+    }
+    SmtpHeaderLine(out, (unsigned char *) Tcl_DStringValue(&ct),
+	    (size_t) Tcl_DStringLength(&ct));
+    Tcl_DStringFree(&ct);
+}
+
+/*
+ * Writes a part's headers: where the two renditions differ, as a literal
+ * segment of its own holding both, the one sent chosen at MAIL FROM.
+ */
 
 static void
 EmitHeaders(
     Plan *pl,
     Node *nd)
 {
-    Tcl_DString ct;
-    Tcl_Obj **kv;
-    Tcl_Size n, i;
-    SmtpBuf tail;
+    SmtpBuf a, u;
+    Seg *sg;
 
-    Emit(pl, nd->head.data, nd->head.len);
-    SmtpBufInit(&tail);
-    if (nd->label) {
-	Tcl_DString cte;
-
-	Tcl_DStringInit(&cte);
-	Tcl_DStringAppend(&cte, "Content-Transfer-Encoding: ", -1);
-	Tcl_DStringAppend(&cte, nd->label, -1);
-	HeaderField(&tail, (unsigned char *) Tcl_DStringValue(&cte),
-		(size_t) Tcl_DStringLength(&cte));
-	Tcl_DStringFree(&cte);
+    SmtpBufInit(&a);
+    SmtpBufInit(&u);
+    PartHeaders(nd, 0, &a);
+    PartHeaders(nd, 1, &u);
+    if (a.len == u.len && memcmp(a.data, u.data, a.len) == 0) {
+	Emit(pl, a.data, a.len);
+	SmtpBufFree(&a);
+	SmtpBufFree(&u);
+	return;
     }
-    Tcl_DStringInit(&ct);
-    Tcl_DStringAppend(&ct, "Content-Type: ", -1);
-    Tcl_DStringAppend(&ct, Tcl_DStringValue(&nd->type),
-	    Tcl_DStringLength(&nd->type));
-    Tcl_ListObjGetElements(NULL, nd->params, &n, &kv);
-    for (i = 0; i + 1 < n; i += 2) {
-	if (nd->multipart && strcmp(Tcl_GetString(kv[i]), "boundary") == 0) {
-	    continue;
-	}
-	AppendParam(&ct, kv[i], NULL, kv[i + 1]);
-    }
-    if (nd->multipart) {
-	AppendParam(&ct, NULL, nd->boundary, NULL);
-    }
-    HeaderField(&tail, (unsigned char *) Tcl_DStringValue(&ct),
-	    (size_t) Tcl_DStringLength(&ct));
-    Tcl_DStringFree(&ct);
-    Emit(pl, tail.data, tail.len);
-    SmtpBufFree(&tail);
+    sg = NewSeg(pl, SEG_LIT);
+    sg->hasAlt = 1;
+    sg->lit = a;
+    sg->alt = u;
+    pl->size += (Tcl_WideInt) a.len;
+    pl->sizeDelta += (Tcl_WideInt) u.len - (Tcl_WideInt) a.len;
+    pl->last = '\n';
+    pl->eightbit |= SmtpDataHas8bit(a.data, a.len);
+    pl->eightbitAlt |= SmtpDataHas8bit(u.data, u.len);
 }
 
 /*
@@ -2429,6 +2336,7 @@ typedef struct Writer {
     IdEnc id;
     unsigned char *block;
     int started;		/* String segment: begun. */
+    int utf8;			/* Headers as with SMTPUTF8. */
 } Writer;
 
 static void
@@ -2622,15 +2530,17 @@ WriterRead(
 	Seg *sg = &w->segs[w->cur];
 
 	if (!sg->file) {
-	    size_t n = sg->lit.len - w->litPos, room = want - (out->len - start);
+	    SmtpBuf *lit = (sg->hasAlt && w->utf8) ? &sg->alt : &sg->lit;
+	    size_t n = lit->len - w->litPos, room = want - (out->len - start);
 
 	    if (n > room) {
 		n = room;
 	    }
-	    SmtpBufAppend(out, sg->lit.data + w->litPos, n);
+	    SmtpBufAppend(out, lit->data + w->litPos, n);
 	    w->litPos += n;
-	    if (w->litPos == sg->lit.len) {
+	    if (w->litPos == lit->len) {
 		SmtpBufFree(&sg->lit);
+		SmtpBufFree(&sg->alt);
 		w->litPos = 0;
 		w->cur++;
 	    }
@@ -2650,6 +2560,19 @@ WriterRead(
 	}
     }
     return w->cur == w->nsegs;
+}
+
+/*
+ * Chooses the headers' rendition, before the first read: as with
+ * SMTPUTF8 (on) or without.
+ */
+
+static void
+WriterUtf8(
+    void *cd,
+    int on)
+{
+    ((Writer *) cd)->utf8 = on;
 }
 
 /*
@@ -2686,7 +2609,8 @@ SmtpMimeWriter(
 	code = ScanAll(&pl, root);
     }
     if (code == TCL_OK) {
-	Decide(root);
+	Decide(root, 0);
+	Decide(root, 1);
 	code = Boundaries(&pl, root);
     }
     if (code == TCL_OK) {
@@ -2715,8 +2639,11 @@ SmtpMimeWriter(
     m->body.close = WriterClose;
     m->body.cd = w;
     m->body.clean = 1;
+    m->body.utf8 = WriterUtf8;
     m->size = pl.size;
     m->eightbit = pl.eightbit;
+    m->size8 = pl.size + pl.sizeDelta;
+    m->eightbit8 = pl.eightbit || pl.eightbitAlt;
     return TCL_OK;
 }
 
@@ -2773,8 +2700,8 @@ SmtpMimeMessage(
     Tcl_IncrRefCount(bytes);
     Tcl_ResetResult(interp);
     p = SmtpGetBytes(bytes, &len, &scratch);
-    m->size = SmtpDataSize(p, (size_t) len);
-    m->eightbit = SmtpDataHas8bit(p, (size_t) len);
+    m->size = m->size8 = SmtpDataSize(p, (size_t) len);
+    m->eightbit = m->eightbit8 = SmtpDataHas8bit(p, (size_t) len);
     Tcl_DStringFree(&scratch);
     SmtpSourceFromObj(&m->body, bytes);
     Tcl_DecrRefCount(bytes);
