@@ -298,6 +298,8 @@ Tcl_Channel	SmtpPlatformConnectNumeric(const char *host, int port);
 
 Tcl_ObjCmdProc	SmtpSendmessageObjCmd;
 Tcl_ObjCmdProc	SmtpSessionObjCmd;
+Tcl_ObjCmdProc	SmtpMessageObjCmd;
+Tcl_ObjCmdProc	SmtpSendOptionsObjCmd;
 
 /*
  * smtpTest.c: ::smtp::internal commands for the test suite.
