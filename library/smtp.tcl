@@ -14,7 +14,11 @@ namespace eval ::smtp {
 	-to -from -cc -bcc -replyto -subject -text -html -attach -header
 	-dryrun
     }
+}
 
+# The helpers of smtp::send, beside the C commands that are not part of
+# the package's interface either.
+namespace eval ::smtp::internal {
     # Content types of attachments, by file name extension (lower case).
     # Anything else is application/octet-stream.
     variable MimeTypes {
@@ -62,7 +66,7 @@ proc ::smtp::send {args} {
     variable SendOwnOptions
 
     if {[llength $args] % 2} {
-	SendError OPTION "value for \"[lindex $args end]\" missing"
+	internal::SendError OPTION "value for \"[lindex $args end]\" missing"
     }
     set addrs [dict create -to {} -cc {} -bcc {}]
     set one [dict create]
@@ -76,7 +80,7 @@ proc ::smtp::send {args} {
 	switch -exact -- $opt {
 	    -to - -cc - -bcc {
 		if {[string trim $value] ne ""} {
-		    dict lappend addrs $opt [AddressList $value]
+		    dict lappend addrs $opt [internal::AddressList $value]
 		}
 	    }
 	    -from - -replyto - -subject - -text - -html {
@@ -87,14 +91,14 @@ proc ::smtp::send {args} {
 	    }
 	    -dryrun {
 		if {![string is boolean -strict $value]} {
-		    SendError OPTION "expected boolean value for -dryrun\
+		    internal::SendError OPTION "expected boolean value for -dryrun\
 			    but got \"$value\""
 		}
 		set dryrun [expr {!!$value}]
 	    }
 	    default {
 		if {$opt ni $senders} {
-		    SendError OPTION "unknown option \"$opt\": must be\
+		    internal::SendError OPTION "unknown option \"$opt\": must be\
 			    [join [lrange $SendOwnOptions 0 end-1] {, }],\
 			    [lindex $SendOwnOptions end] or an option of\
 			    smtp::sendmessage"
@@ -102,8 +106,8 @@ proc ::smtp::send {args} {
 		if {$opt eq "-recipients" && [string trim $value] ne ""} {
 		    set recipientsGiven 1
 		}
-		if {$opt eq "-header"
-			&& [string tolower [lindex $value 0]] in {to resent-to}} {
+		if {$opt eq "-header" && ![catch {lindex $value 0} name]
+			&& [string tolower $name] in {to resent-to}} {
 		    set toHeader 1
 		}
 		lappend pass $opt $value
@@ -118,7 +122,7 @@ proc ::smtp::send {args} {
 	if {[llength $all]} {
 	    lappend pass -recipients [join $all ", "]
 	} elseif {!$toHeader} {
-	    SendError OPTION "no recipient: give -to, -cc or -bcc"
+	    internal::SendError OPTION "no recipient: give -to, -cc or -bcc"
 	}
     }
     set headers {}
@@ -141,12 +145,12 @@ proc ::smtp::send {args} {
     # by their full name: a background send reads them later.
     set files {}
     foreach path $attach {
-	lappend files [AttachmentCheck $path]
+	lappend files [internal::AttachmentCheck $path]
     }
 
     set made {}
     try {
-	set top [SendBuild made $one $files]
+	set top [internal::SendBuild made $one $files]
 	if {$dryrun} {
 	    set result [::smtp::internal::message $top {*}$headers {*}$pass]
 	} else {
@@ -163,7 +167,7 @@ proc ::smtp::send {args} {
 # Raises an smtp::send error: the message, and SMTP code ?detail ...? as
 # the error code.
 
-proc ::smtp::SendError {code message args} {
+proc ::smtp::internal::SendError {code message args} {
     return -code error -level 2 -errorcode [list SMTP $code {*}$args] \
 	    $message
 }
@@ -172,7 +176,7 @@ proc ::smtp::SendError {code message args} {
 # (two or more elements, each with an "@", no comma anywhere) joined with
 # commas; anything else as given.
 
-proc ::smtp::AddressList {value} {
+proc ::smtp::internal::AddressList {value} {
     if {[string first , $value] < 0 && ![catch {llength $value} n] && $n > 1} {
 	foreach a $value {
 	    if {[string first @ $a] < 0} {
@@ -188,7 +192,7 @@ proc ::smtp::AddressList {value} {
 # reading (opened and closed at once; it is read when the message is
 # written). Returns its full name.
 
-proc ::smtp::AttachmentCheck {path} {
+proc ::smtp::internal::AttachmentCheck {path} {
     if {[file exists $path] && ![file isfile $path]} {
 	SendError ATTACH "cannot read attachment \"$path\": not a regular\
 		file" $path
@@ -204,7 +208,7 @@ proc ::smtp::AttachmentCheck {path} {
 
 # The content type of an attachment, from its file name.
 
-proc ::smtp::AttachmentType {path} {
+proc ::smtp::internal::AttachmentType {path} {
     variable MimeTypes
     set ext [string tolower [string range [file extension $path] 1 end]]
     if {[dict exists $MimeTypes $ext]} {
@@ -217,7 +221,7 @@ proc ::smtp::AttachmentType {path} {
 # quoted string. A name that is not ASCII stays as it is: the message
 # writer puts it in RFC 2231 form. Control characters become "_".
 
-proc ::smtp::AttachmentDisposition {path} {
+proc ::smtp::internal::AttachmentDisposition {path} {
     set name [regsub -all {[\x00-\x1f\x7f]} [file tail $path] _]
     set name [string map {\\ \\\\ \" \\\"} $name]
     return "attachment; filename=\"$name\""
@@ -229,7 +233,7 @@ proc ::smtp::AttachmentDisposition {path} {
 # (multipart/alternative), and around that the attachments
 # (multipart/mixed).
 
-proc ::smtp::SendBuild {madeVar one files} {
+proc ::smtp::internal::SendBuild {madeVar one files} {
     upvar 1 $madeVar made
     set body {}
     if {[dict exists $one -text] || ![dict exists $one -html]} {
