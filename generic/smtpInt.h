@@ -117,6 +117,18 @@ const unsigned char *SmtpGetBytes(Tcl_Obj *obj, Tcl_Size *lenPtr,
 		    Tcl_DString *scratch);
 
 /*
+ * smtpText.c: the octets of a text part's value in its charset.
+ */
+
+#define SMTP_CS_DECLARED 0	/* In the charset declared (or ASCII). */
+#define SMTP_CS_UTF8	1	/* In UTF-8, which the part must declare. */
+
+int		SmtpTextBytes(Tcl_Obj *obj, const char *cs, size_t csLen,
+		    const unsigned char **bytesPtr, size_t *lenPtr,
+		    Tcl_DString *scratch);
+int		SmtpUtf8Valid(const unsigned char *p, size_t n);
+
+/*
  * smtpProto.c: one SMTP client session, an explicit state machine fed with
  * events by the transport.
  */

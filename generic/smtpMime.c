@@ -975,6 +975,11 @@ typedef struct Node {
     size_t len;			/* Tcl code runs then to change them), */
     Tcl_DString scratch;	/* and where they were made, if needed; */
     int decoded;		/* 1: bytes are in scratch, and hold. */
+    int textRule;		/* A text string: its octets in its charset
+				 * (smtpText.c), not its characters' low
+				 * 8 bits; */
+    int textDone;		/* 1: bytes found so, in the value; */
+    int csAction;		/* SMTP_CS_UTF8: the part must say utf-8. */
     Tcl_Obj *path;		/* SRC_FILE: normalized file name, */
     Tcl_WideInt offset, count;	/* where, and how much (-1: to EOF). */
     Scan scan;
@@ -1242,12 +1247,104 @@ HeaderObj(
 }
 
 /*
- * Points nd->bytes at the octets of a string leaf, each character's low 8
- * bits as mime treats them: a string form that is plain ASCII is used as
- * is, others go through SmtpGetBytes. A pointer into the value holds
- * until Tcl code might run (which could change the value's
- * representation), so it is taken again before each use; octets decoded
- * into nd->scratch are the node's own and are kept.
+ * The charset parameter in a content type as written (mime's -canonical
+ * "text/plain; charset=..."): its value, its length in *lenPtr and its
+ * offset in *offPtr; NULL when there is none.
+ */
+
+static const char *
+TypeCharset(
+    const char *type,
+    size_t *lenPtr,
+    size_t *offPtr)
+{
+    const char *p = strchr(type, ';');
+
+    while (p != NULL && *p == ';') {
+	const char *name, *v;
+	size_t nlen;
+
+	p++;
+	while (*p == ' ' || *p == '\t') {
+	    p++;
+	}
+	name = p;
+	while (*p && *p != '=' && *p != ';' && *p != ' ' && *p != '\t') {
+	    p++;
+	}
+	nlen = (size_t) (p - name);
+	while (*p == ' ' || *p == '\t') {
+	    p++;
+	}
+	if (*p != '=') {
+	    p = strchr(p, ';');
+	    continue;
+	}
+	p++;
+	while (*p == ' ' || *p == '\t') {
+	    p++;
+	}
+	if (*p == '"') {
+	    v = ++p;
+	    while (*p && *p != '"') {
+		p += (*p == '\\' && p[1]) ? 2 : 1;
+	    }
+	    *lenPtr = (size_t) (p - v);
+	    if (*p == '"') {
+		p++;
+	    }
+	} else {
+	    v = p;
+	    while (*p && *p != ';' && *p != ' ' && *p != '\t') {
+		p++;
+	    }
+	    *lenPtr = (size_t) (p - v);
+	}
+	if (nlen == 7 && (name[0] | 0x20) == 'c' && (name[1] | 0x20) == 'h'
+		&& (name[2] | 0x20) == 'a' && (name[3] | 0x20) == 'r'
+		&& (name[4] | 0x20) == 's' && (name[5] | 0x20) == 'e'
+		&& (name[6] | 0x20) == 't') {
+	    *offPtr = (size_t) (v - type);
+	    return v;
+	}
+	while (*p == ' ' || *p == '\t') {
+	    p++;
+	}
+    }
+    return NULL;
+}
+
+static const char *Charset(Node *nd);
+
+/*
+ * The charset a part declares: in its parameters (mime's -param, which
+ * mime's choice of encoding reads), else in its content type. NULL when
+ * it declares none.
+ */
+
+static const char *
+DeclaredCharset(
+    Node *nd,
+    size_t *lenPtr)
+{
+    const char *cs = Charset(nd);
+    size_t off;
+
+    if (cs != NULL) {
+	*lenPtr = strlen(cs);
+	return cs;
+    }
+    return TypeCharset(Tcl_DStringValue(&nd->type), lenPtr, &off);
+}
+
+/*
+ * Points nd->bytes at the octets of a string leaf: a string form that is
+ * plain ASCII is used as is; a text part's value is taken by the rule of
+ * smtpText.c; others go through SmtpGetBytes (each character's low 8
+ * bits, as mime treats them). A pointer into the value holds until Tcl
+ * code might run (which could change the value's representation), so it
+ * is taken again before each use; octets made into nd->scratch are the
+ * node's own and are kept.
  */
 
 static void
@@ -1265,6 +1362,9 @@ StringBytes(
 	size_t n = (size_t) obj->length, i = 0;
 	uint64_t acc = 0;
 
+	if (nd->textDone && s == nd->bytes && n == nd->len) {
+	    return;
+	}
 	while (i + 64 <= n && (acc & 0x8080808080808080ULL) == 0) {
 	    int k;
 
@@ -1285,6 +1385,18 @@ StringBytes(
 	}
     }
     Tcl_DStringFree(&nd->scratch);
+    if (nd->textRule) {
+	size_t csLen = 0;
+	const char *cs = DeclaredCharset(nd, &csLen);
+
+	nd->csAction = SmtpTextBytes(obj, cs, csLen, &nd->bytes, &nd->len,
+		&nd->scratch);
+	nd->decoded = (nd->bytes
+		== (const unsigned char *) Tcl_DStringValue(&nd->scratch));
+	nd->textDone = (obj->bytes != NULL
+		&& nd->bytes == (const unsigned char *) obj->bytes);
+	return;
+    }
     nd->bytes = SmtpGetBytes(obj, &len, &nd->scratch);
     nd->len = (size_t) len;
     nd->decoded = (nd->bytes
@@ -1473,6 +1585,10 @@ Walk(
 	nd->src = SRC_STRING;
 	nd->string = obj;
 	Tcl_IncrRefCount(obj);
+	/* Parsed content still in its transfer encoding stays as it is. */
+	nd->textRule = nd->text && (nd->canonical
+		|| (strcmp(nd->encoding, "quoted-printable")
+		    && strcmp(nd->encoding, "base64")));
 	return TCL_OK;
     }
     if (strcmp(val, "file") == 0) {
@@ -2127,6 +2243,9 @@ EmitHeaders(
     Tcl_Obj **kv;
     Tcl_Size n, i;
     SmtpBuf tail;
+    const char *type, *cs;
+    size_t csLen, csOff;
+    int declared = 0;
 
     Emit(pl, nd->head.data, nd->head.len);
     SmtpBufInit(&tail);
@@ -2142,14 +2261,32 @@ EmitHeaders(
     }
     Tcl_DStringInit(&ct);
     Tcl_DStringAppend(&ct, "Content-Type: ", -1);
-    Tcl_DStringAppend(&ct, Tcl_DStringValue(&nd->type),
-	    Tcl_DStringLength(&nd->type));
+    type = Tcl_DStringValue(&nd->type);
+    if (nd->csAction == SMTP_CS_UTF8
+	    && (cs = TypeCharset(type, &csLen, &csOff)) != NULL) {
+	/* The text is in UTF-8 (smtpText.c), so the part says so. */
+	Tcl_DStringAppend(&ct, type, (Tcl_Size) csOff);
+	Tcl_DStringAppend(&ct, "utf-8", 5);
+	Tcl_DStringAppend(&ct, cs + csLen, -1);
+	declared = 1;
+    } else {
+	Tcl_DStringAppend(&ct, type, Tcl_DStringLength(&nd->type));
+    }
     Tcl_ListObjGetElements(NULL, nd->params, &n, &kv);
     for (i = 0; i + 1 < n; i += 2) {
 	if (nd->multipart && strcmp(Tcl_GetString(kv[i]), "boundary") == 0) {
 	    continue;
 	}
+	if (nd->csAction == SMTP_CS_UTF8
+		&& strcmp(Tcl_GetString(kv[i]), "charset") == 0) {
+	    AppendParam(&ct, kv[i], "utf-8", NULL);
+	    declared = 1;
+	    continue;
+	}
 	AppendParam(&ct, kv[i], NULL, kv[i + 1]);
+    }
+    if (nd->csAction == SMTP_CS_UTF8 && !declared) {
+	Tcl_DStringAppend(&ct, "; charset=\"utf-8\"", -1);
     }
     if (nd->multipart) {
 	AppendParam(&ct, NULL, nd->boundary, NULL);
