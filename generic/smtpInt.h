@@ -122,6 +122,7 @@ const unsigned char *SmtpGetBytes(Tcl_Obj *obj, Tcl_Size *lenPtr,
 
 #define SMTP_CS_DECLARED 0	/* In the charset declared (or ASCII). */
 #define SMTP_CS_UTF8	1	/* In UTF-8, which the part must declare. */
+#define SMTP_TEXT_CHARS	2	/* Flag: UTF-8 made from the characters. */
 
 int		SmtpTextBytes(Tcl_Obj *obj, const char *cs, size_t csLen,
 		    const unsigned char **bytesPtr, size_t *lenPtr,

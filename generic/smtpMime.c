@@ -621,32 +621,32 @@ IdEncode(
     size_t n,
     SmtpBuf *out)
 {
-    unsigned char *o, *o0;
-    size_t i;
+    size_t i = 0;
 
-    SmtpBufReserve(out, 2 * n + 2);
-    o = o0 = out->data + out->len;
-    for (i = 0; i < n; i++) {
-	unsigned char c = p[i];
-
-	if (e->cr) {
-	    e->cr = 0;
-	    *o++ = '\r';
-	    *o++ = '\n';
-	    if (c == '\n') {
-		continue;
-	    }
-	}
-	if (c == '\r') {
-	    e->cr = 1;
-	} else if (c == '\n') {
-	    *o++ = '\r';
-	    *o++ = '\n';
-	} else {
-	    *o++ = c;
-	}
+    if (n > 0 && e->cr) {
+	e->cr = 0;
+	SmtpBufAppend(out, "\r\n", 2);
+	i = (p[0] == '\n');
     }
-    out->len += (size_t) (o - o0);
+    while (i < n) {
+	const unsigned char *lf = memchr(p + i, '\n', n - i), *cr;
+	size_t end = lf ? (size_t) (lf - p) : n;
+
+	cr = memchr(p + i, '\r', end - i);
+	if (cr != NULL) {
+	    end = (size_t) (cr - p);
+	}
+	SmtpBufAppend(out, p + i, end - i);
+	if (end == n) {
+	    break;
+	}
+	if (p[end] == '\r' && end + 1 == n) {
+	    e->cr = 1;
+	    break;
+	}
+	SmtpBufAppend(out, "\r\n", 2);
+	i = end + 1 + (p[end] == '\r' && p[end + 1] == '\n');
+    }
 }
 
 static void
@@ -685,6 +685,9 @@ typedef struct Scan {
     int notLine;		/* mime's encodinglineP fails on a line. */
     int has8bit, hasNul, hasBareCR;
     int lastByte;		/* Last octet of the content, or -1. */
+    int chars;			/* The content is UTF-8 made from a string's
+				 * characters: mime's line length counts
+				 * characters, not octets. */
 
     /* Current line as mime splits it (at LF). */
     Tcl_WideInt mLen;
@@ -891,6 +894,98 @@ ScanBytes(
 	    i = j;
 	    continue;
 	}
+	if (s->headLen == 5 && !s->capOn && c != '\t'
+		&& (ORDINARY(c) || c >= 0x80)) {
+	    /*
+	     * Inside a line, past what its start decides: printable ASCII
+	     * and 8-bit octets, eight at a time.
+	     */
+
+	    const uint64_t high = 0x8080808080808080ULL;
+	    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+	    uint64_t hi = 0;
+	    size_t j = i, run, trail = 0;
+
+	    while (j + 8 <= n) {
+		uint64_t x, t;
+
+		memcpy(&x, p + j, 8);
+		t = x & low7;
+		if (((~(t + 0x6060606060606060ULL)
+			| (t + 0x0101010101010101ULL)) & high & ~x) != 0) {
+		    break;		/* A control octet or DEL. */
+		}
+		hi |= x & high;
+		if (s->chars) {
+		    trail += (size_t) __builtin_popcountll(x & ~(x << 1) & high);
+		}
+		j += 8;
+	    }
+	    while (j < n && ((p[j] >= 0x20 && p[j] < 0x7F) || p[j] >= 0x80)) {
+		hi |= p[j] & 0x80;
+		trail += (s->chars && (p[j] & 0xC0) == 0x80);
+		j++;
+	    }
+	    run = j - i;
+	    if (hi) {
+		s->notAscii = 1;
+		s->has8bit = 1;
+		if (s->until == SCAN_TO_NOTASCII || s->until == SCAN_TO_EITHER) {
+		    s->done = 1;
+		}
+	    }
+	    s->len += (Tcl_WideInt) run;
+	    s->identSize += (Tcl_WideInt) run;
+	    s->tLen += (Tcl_WideInt) run;
+	    s->mLen += (Tcl_WideInt) (run - trail);
+	    while (j > i && s->chars && (p[j - 1] & 0xC0) == 0x80) {
+		j--;
+	    }
+	    if (j > i) {
+		s->mLast = p[j - 1];
+	    }
+	    i += run;
+	    continue;
+	}
+	if (c >= 0x80) {
+	    /*
+	     * A run of 8-bit octets at once; in characters, a trail octet
+	     * adds nothing to mime's line.
+	     */
+
+	    size_t j = i, run, k, chars = 0;
+	    int last = s->mLast;
+
+	    while (j < n && p[j] >= 0x80) {
+		if (!s->chars || (p[j] & 0xC0) != 0x80) {
+		    chars++;
+		    last = p[j];
+		}
+		j++;
+	    }
+	    run = j - i;
+	    s->notAscii = 1;
+	    s->has8bit = 1;
+	    if (s->until == SCAN_TO_NOTASCII || s->until == SCAN_TO_EITHER) {
+		s->done = 1;
+	    }
+	    if (s->headLen < 5) {
+		k = run < (size_t) (5 - s->headLen)
+			? run : (size_t) (5 - s->headLen);
+		memcpy(s->head + s->headLen, p + i, k);
+		s->headLen += (int) k;
+	    }
+	    if (s->capOn) {
+		ScanCapture(s, p + i, run);
+	    }
+	    s->len += (Tcl_WideInt) run;
+	    s->identSize += (Tcl_WideInt) run;
+	    s->tLen += (Tcl_WideInt) run;
+	    s->mLen += (Tcl_WideInt) chars;
+	    s->mLast = last;
+	    i = j;
+	    continue;
+	}
 	s->len++;
 	s->identSize++;
 	i++;
@@ -912,8 +1007,6 @@ ScanBytes(
 	} else {
 	    if (c == 0) {
 		s->hasNul = 1;
-	    } else if (c >= 0x80) {
-		s->has8bit = 1;
 	    }
 	    s->tLen++;
 	    if (s->capOn) {
@@ -1389,8 +1482,11 @@ StringBytes(
 	size_t csLen = 0;
 	const char *cs = DeclaredCharset(nd, &csLen);
 
-	nd->csAction = SmtpTextBytes(obj, cs, csLen, &nd->bytes, &nd->len,
+	int how = SmtpTextBytes(obj, cs, csLen, &nd->bytes, &nd->len,
 		&nd->scratch);
+
+	nd->csAction = how & SMTP_CS_UTF8;
+	nd->scan.chars = (how & SMTP_TEXT_CHARS) != 0;
 	nd->decoded = (nd->bytes
 		== (const unsigned char *) Tcl_DStringValue(&nd->scratch));
 	nd->textDone = (obj->bytes != NULL
