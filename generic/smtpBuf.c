@@ -496,6 +496,7 @@ SmtpSourceFromObj(
     os->pos = 0;
     src->read = ObjSourceRead;
     src->close = ObjSourceClose;
+    src->utf8 = NULL;
     src->cd = os;
     src->clean = 0;
 }
@@ -513,6 +514,7 @@ SmtpSourceClose(
     }
     src->read = NULL;
     src->close = NULL;
+    src->utf8 = NULL;
     src->cd = NULL;
     src->clean = 0;
 }

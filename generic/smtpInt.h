@@ -122,6 +122,7 @@ const unsigned char *SmtpGetBytes(Tcl_Obj *obj, Tcl_Size *lenPtr,
 
 #define SMTP_CS_DECLARED 0	/* In the charset declared (or ASCII). */
 #define SMTP_CS_UTF8	1	/* In UTF-8, which the part must declare. */
+#define SMTP_TEXT_CHARS	2	/* Flag: UTF-8 made from the characters. */
 
 int		SmtpTextBytes(Tcl_Obj *obj, const char *cs, size_t csLen,
 		    const unsigned char **bytesPtr, size_t *lenPtr,
@@ -146,6 +147,12 @@ typedef struct SmtpSource {
      */
     int (*read)(void *cd, SmtpBuf *out, size_t want, Tcl_Obj **errPtr);
     void (*close)(void *cd);	/* Frees cd. */
+    /*
+     * Or NULL. Before the first read: 1 for the headers as a message
+     * sent with SMTPUTF8 carries them (RFC 6532), 0 (the default) for
+     * them as one sent without it does.
+     */
+    void (*utf8)(void *cd, int on);
     void *cd;
     int clean;			/* Every line end is CRLF, no bare CR or LF
 				 * (the C writer's output): DATA needs only
@@ -162,6 +169,8 @@ typedef struct SmtpMessage {
 				 * it. Owned by the message. */
     Tcl_WideInt size;		/* Octets as carried by DATA (RFC 1870). */
     int eightbit;		/* Has octets above 127 (RFC 6152). */
+    Tcl_WideInt size8;		/* The same for the message as sent with */
+    int eightbit8;		/* SMTPUTF8 (body.utf8). */
 } SmtpMessage;
 
 typedef struct SmtpOptions {
@@ -371,6 +380,20 @@ void		SmtpBase64Encode(const unsigned char *p, size_t n,
 		    SmtpBuf *out);
 int		SmtpBase64Decode(const char *p, size_t n, SmtpBuf *out);
 void		SmtpSaslTestInit(Tcl_Interp *interp);
+
+/*
+ * smtpHdr.c: header fields, in the two renditions of a message sent with
+ * SMTPUTF8 and without (RFC 6532; RFC 2047, 2231, IDNA2008 A-labels).
+ */
+
+int		SmtpHeaderOctets(Tcl_Obj *obj, Tcl_DString *ds);
+void		SmtpHeaderLine(SmtpBuf *out, const unsigned char *in,
+		    size_t inLen);
+void		SmtpHeaderWrite(SmtpBuf *ascii, SmtpBuf *utf8,
+		    Tcl_Obj *name, Tcl_Obj *value);
+void		SmtpParamAppend(Tcl_DString *ds, const char *key,
+		    size_t keyLen, const unsigned char *val, size_t valLen,
+		    int ascii);
 
 /*
  * smtpMime.c: the message writer. A mime token becomes a source of the

@@ -621,32 +621,32 @@ IdEncode(
     size_t n,
     SmtpBuf *out)
 {
-    unsigned char *o, *o0;
-    size_t i;
+    size_t i = 0;
 
-    SmtpBufReserve(out, 2 * n + 2);
-    o = o0 = out->data + out->len;
-    for (i = 0; i < n; i++) {
-	unsigned char c = p[i];
-
-	if (e->cr) {
-	    e->cr = 0;
-	    *o++ = '\r';
-	    *o++ = '\n';
-	    if (c == '\n') {
-		continue;
-	    }
-	}
-	if (c == '\r') {
-	    e->cr = 1;
-	} else if (c == '\n') {
-	    *o++ = '\r';
-	    *o++ = '\n';
-	} else {
-	    *o++ = c;
-	}
+    if (n > 0 && e->cr) {
+	e->cr = 0;
+	SmtpBufAppend(out, "\r\n", 2);
+	i = (p[0] == '\n');
     }
-    out->len += (size_t) (o - o0);
+    while (i < n) {
+	const unsigned char *lf = memchr(p + i, '\n', n - i), *cr;
+	size_t end = lf ? (size_t) (lf - p) : n;
+
+	cr = memchr(p + i, '\r', end - i);
+	if (cr != NULL) {
+	    end = (size_t) (cr - p);
+	}
+	SmtpBufAppend(out, p + i, end - i);
+	if (end == n) {
+	    break;
+	}
+	if (p[end] == '\r' && end + 1 == n) {
+	    e->cr = 1;
+	    break;
+	}
+	SmtpBufAppend(out, "\r\n", 2);
+	i = end + 1 + (p[end] == '\r' && p[end + 1] == '\n');
+    }
 }
 
 static void
@@ -685,6 +685,9 @@ typedef struct Scan {
     int notLine;		/* mime's encodinglineP fails on a line. */
     int has8bit, hasNul, hasBareCR;
     int lastByte;		/* Last octet of the content, or -1. */
+    int chars;			/* The content is UTF-8 made from a string's
+				 * characters: mime's line length counts
+				 * characters, not octets. */
 
     /* Current line as mime splits it (at LF). */
     Tcl_WideInt mLen;
@@ -891,6 +894,98 @@ ScanBytes(
 	    i = j;
 	    continue;
 	}
+	if (s->headLen == 5 && !s->capOn && c != '\t'
+		&& (ORDINARY(c) || c >= 0x80)) {
+	    /*
+	     * Inside a line, past what its start decides: printable ASCII
+	     * and 8-bit octets, eight at a time.
+	     */
+
+	    const uint64_t high = 0x8080808080808080ULL;
+	    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+	    uint64_t hi = 0;
+	    size_t j = i, run, trail = 0;
+
+	    while (j + 8 <= n) {
+		uint64_t x, t;
+
+		memcpy(&x, p + j, 8);
+		t = x & low7;
+		if (((~(t + 0x6060606060606060ULL)
+			| (t + 0x0101010101010101ULL)) & high & ~x) != 0) {
+		    break;		/* A control octet or DEL. */
+		}
+		hi |= x & high;
+		if (s->chars) {
+		    trail += (size_t) __builtin_popcountll(x & ~(x << 1) & high);
+		}
+		j += 8;
+	    }
+	    while (j < n && ((p[j] >= 0x20 && p[j] < 0x7F) || p[j] >= 0x80)) {
+		hi |= p[j] & 0x80;
+		trail += (s->chars && (p[j] & 0xC0) == 0x80);
+		j++;
+	    }
+	    run = j - i;
+	    if (hi) {
+		s->notAscii = 1;
+		s->has8bit = 1;
+		if (s->until == SCAN_TO_NOTASCII || s->until == SCAN_TO_EITHER) {
+		    s->done = 1;
+		}
+	    }
+	    s->len += (Tcl_WideInt) run;
+	    s->identSize += (Tcl_WideInt) run;
+	    s->tLen += (Tcl_WideInt) run;
+	    s->mLen += (Tcl_WideInt) (run - trail);
+	    while (j > i && s->chars && (p[j - 1] & 0xC0) == 0x80) {
+		j--;
+	    }
+	    if (j > i) {
+		s->mLast = p[j - 1];
+	    }
+	    i += run;
+	    continue;
+	}
+	if (c >= 0x80) {
+	    /*
+	     * A run of 8-bit octets at once; in characters, a trail octet
+	     * adds nothing to mime's line.
+	     */
+
+	    size_t j = i, run, k, chars = 0;
+	    int last = s->mLast;
+
+	    while (j < n && p[j] >= 0x80) {
+		if (!s->chars || (p[j] & 0xC0) != 0x80) {
+		    chars++;
+		    last = p[j];
+		}
+		j++;
+	    }
+	    run = j - i;
+	    s->notAscii = 1;
+	    s->has8bit = 1;
+	    if (s->until == SCAN_TO_NOTASCII || s->until == SCAN_TO_EITHER) {
+		s->done = 1;
+	    }
+	    if (s->headLen < 5) {
+		k = run < (size_t) (5 - s->headLen)
+			? run : (size_t) (5 - s->headLen);
+		memcpy(s->head + s->headLen, p + i, k);
+		s->headLen += (int) k;
+	    }
+	    if (s->capOn) {
+		ScanCapture(s, p + i, run);
+	    }
+	    s->len += (Tcl_WideInt) run;
+	    s->identSize += (Tcl_WideInt) run;
+	    s->tLen += (Tcl_WideInt) run;
+	    s->mLen += (Tcl_WideInt) chars;
+	    s->mLast = last;
+	    i = j;
+	    continue;
+	}
 	s->len++;
 	s->identSize++;
 	i++;
@@ -912,8 +1007,6 @@ ScanBytes(
 	} else {
 	    if (c == 0) {
 		s->hasNul = 1;
-	    } else if (c >= 0x80) {
-		s->has8bit = 1;
 	    }
 	    s->tLen++;
 	    if (s->capOn) {
@@ -962,7 +1055,8 @@ typedef struct Node {
     int message;		/* A message part: its one kid follows. */
 
     SmtpBuf head;		/* MIME-Version and the token's headers,
-				 * as written. */
+				 * as written without SMTPUTF8, */
+    SmtpBuf head8;		/* and with it. */
     Tcl_DString type;		/* Content type, as written. */
     Tcl_Obj *params;		/* Content-Type parameters (list). */
     char encoding[24];		/* The token's encoding, lower case. */
@@ -995,6 +1089,9 @@ typedef struct Node {
 typedef struct Seg {
     int file;			/* SEG_LIT, SEG_FILE or SEG_BYTES. */
     SmtpBuf lit;
+    int hasAlt;			/* SEG_LIT: headers written otherwise with
+				 * SMTPUTF8, */
+    SmtpBuf alt;		/* as these. */
     Tcl_Obj *path;
     Tcl_WideInt offset, count;
     Tcl_Obj *value;		/* SEG_BYTES: the string value, and */
@@ -1015,6 +1112,9 @@ typedef struct Plan {
     Tcl_WideInt size;
     unsigned char last;		/* Last octet written so far. */
     int eightbit;		/* An octet over 127 is written. */
+    Tcl_WideInt sizeDelta;	/* With SMTPUTF8: octets more (or less). */
+    int eightbitAlt;		/* With SMTPUTF8: an octet over 127 in the
+				 * headers written otherwise. */
 } Plan;
 
 static void
@@ -1033,6 +1133,7 @@ NodeFree(
 	ckfree(nd->kids);
     }
     SmtpBufFree(&nd->head);
+    SmtpBufFree(&nd->head8);
     Tcl_DStringFree(&nd->type);
     if (nd->params) {
 	Tcl_DecrRefCount(nd->params);
@@ -1055,6 +1156,7 @@ NodeNew(void)
 
     memset(nd, 0, sizeof(Node));
     SmtpBufInit(&nd->head);
+    SmtpBufInit(&nd->head8);
     Tcl_DStringInit(&nd->type);
     Tcl_DStringInit(&nd->scratch);
     ScanInit(&nd->scan);
@@ -1094,156 +1196,24 @@ AppendExternal(
     Tcl_DStringFree(&ext);
 }
 
-static int
-IsWsp(
-    int c)
-{
-    return c == ' ' || c == '\t';
-}
-
 /*
- * Writes the physical lines p[start..end) of a header field, CRLF after
- * each: folded before white space when longer than FOLD_AT (on the
- * field's first line not before the value's start, 'value', so that line
- * keeps some of it), and when a line has no white space to fold at within
- * LINE_MAX_OCTETS, broken there with an added space: the only change
- * RFC 5322 leaves when nothing else fits.
+ * Writes a header field to a part's headers, in both renditions
+ * (smtpHdr.c): nd->head for a message sent without SMTPUTF8, nd->head8
+ * for one sent with it.
  */
-
-static void
-FoldLines(
-    SmtpBuf *out,
-    const unsigned char *p,
-    size_t start,
-    size_t end,
-    size_t value)
-{
-    size_t pos = start, last = end;
-    int lead = 0;		/* An inserted space starts this line. */
-
-    while (last > start && IsWsp(p[last - 1])) {
-	last--;
-    }
-    while (lead + end - pos > FOLD_AT) {
-	size_t first = pos, lim = pos + FOLD_AT - lead, b = 0, j;
-
-	while (first < end && IsWsp(p[first])) {
-	    first++;
-	}
-	if (first < value) {
-	    first = value;
-	}
-	for (j = lim; j > first; j--) {
-	    if (IsWsp(p[j]) && j < last) {
-		b = j;
-		break;
-	    }
-	}
-	for (j = lim + 1; b == 0 && j < last
-		&& j - pos + lead <= LINE_MAX_OCTETS; j++) {
-	    if (j > first && IsWsp(p[j])) {
-		b = j;
-	    }
-	}
-	if (b == 0) {
-	    if (lead + end - pos <= LINE_MAX_OCTETS) {
-		break;
-	    }
-	    b = pos + LINE_MAX_OCTETS - lead;
-	    SmtpBufAppend(out, p + pos, b - pos);
-	    SmtpBufAppend(out, "\r\n ", 3);
-	    lead = 1;
-	    pos = b;
-	    continue;
-	}
-	SmtpBufAppend(out, p + pos, b - pos);
-	SmtpBufAppend(out, "\r\n", 2);
-	lead = 0;
-	pos = b;
-    }
-    SmtpBufAppend(out, p + pos, end - pos);
-    SmtpBufAppend(out, "\r\n", 2);
-}
-
-/*
- * Writes one header field, given as its logical line, to 'out'. A line
- * break inside that is followed by white space is kept as the caller's
- * folding; one followed by anything else becomes folding too, with a space
- * put in (mime would write a broken field); one that would leave a line of
- * white space only, or ends the value, is dropped. Then FoldLines.
- */
-
-static void
-HeaderField(
-    SmtpBuf *out,
-    const unsigned char *in,
-    size_t inLen)
-{
-    unsigned char *p = (unsigned char *) ckalloc(inLen + 1);
-    size_t *breaks = (size_t *) ckalloc(sizeof(size_t) * (inLen + 1));
-    size_t n = 0, nb = 0, i, value, start, k;
-
-    for (i = 0; i < inLen; i++) {
-	size_t j;
-
-	if (in[i] != '\r' && in[i] != '\n') {
-	    p[n++] = in[i];
-	    continue;
-	}
-	if (in[i] == '\r' && i + 1 < inLen && in[i + 1] == '\n') {
-	    i++;
-	}
-	for (j = i + 1; j < inLen && IsWsp(in[j]); j++) {
-	}
-	if (j == inLen || in[j] == '\r' || in[j] == '\n') {
-	    continue;
-	}
-	if (j == i + 1) {
-	    p[n++] = ' ';
-	    breaks[nb++] = n - 1;
-	} else if (n > 0) {
-	    breaks[nb++] = n;
-	}
-    }
-    value = 0;
-    while (value < n && p[value] != ':') {
-	value++;
-    }
-    while (value + 1 < n && IsWsp(p[value + 1])) {
-	value++;
-    }
-    value++;
-    start = 0;
-    for (k = 0; k <= nb; k++) {
-	size_t end = k < nb ? breaks[k] : n;
-
-	FoldLines(out, p, start, end, k == 0 ? value : start);
-	start = end;
-    }
-    ckfree(breaks);
-    ckfree(p);
-}
 
 static void
 HeaderObj(
-    SmtpBuf *out,
+    Node *nd,
     Tcl_Obj *name,
     const char *cname,
     Tcl_Obj *value)
 {
-    Tcl_DString line;
+    Tcl_Obj *nameObj = name ? name : Tcl_NewStringObj(cname, -1);
 
-    Tcl_DStringInit(&line);
-    if (name) {
-	AppendExternal(&line, name);
-    } else {
-	Tcl_DStringAppend(&line, cname, -1);
-    }
-    Tcl_DStringAppend(&line, ": ", 2);
-    AppendExternal(&line, value);
-    HeaderField(out, (unsigned char *) Tcl_DStringValue(&line),
-	    (size_t) Tcl_DStringLength(&line));
-    Tcl_DStringFree(&line);
+    Tcl_IncrRefCount(nameObj);
+    SmtpHeaderWrite(&nd->head, &nd->head8, nameObj, value);
+    Tcl_DecrRefCount(nameObj);
 }
 
 /*
@@ -1389,8 +1359,11 @@ StringBytes(
 	size_t csLen = 0;
 	const char *cs = DeclaredCharset(nd, &csLen);
 
-	nd->csAction = SmtpTextBytes(obj, cs, csLen, &nd->bytes, &nd->len,
+	int how = SmtpTextBytes(obj, cs, csLen, &nd->bytes, &nd->len,
 		&nd->scratch);
+
+	nd->csAction = how & SMTP_CS_UTF8;
+	nd->scan.chars = (how & SMTP_TEXT_CHARS) != 0;
 	nd->decoded = (nd->bytes
 		== (const unsigned char *) Tcl_DStringValue(&nd->scratch));
 	nd->textDone = (obj->bytes != NULL
@@ -1451,7 +1424,7 @@ WalkHeaders(
 	    || Tcl_ListObjLength(NULL, header, &nh) != TCL_OK || nh % 2) {
 	return Unknown(pl, token, "header lists malformed");
     }
-    HeaderObj(&nd->head, NULL, "MIME-Version", version);
+    HeaderObj(nd, NULL, "MIME-Version", version);
     for (i = 0; i < nl; i++) {
 	const char *lower = Tcl_GetString(lowers[i]);
 	Tcl_Obj *values = NULL, **v;
@@ -1468,7 +1441,7 @@ WalkHeaders(
 	    continue;
 	}
 	for (j = 0; j < nv; j++) {
-	    HeaderObj(&nd->head, mixeds[i], NULL, v[j]);
+	    HeaderObj(nd, mixeds[i], NULL, v[j]);
 	}
     }
     return TCL_OK;
@@ -1987,7 +1960,7 @@ Decide(
 		: !strcmp(nd->encoding, "7bit") ? "7bit"
 		: !strcmp(nd->encoding, "8bit") ? "8bit" : NULL;
     }
-    return body8 || HeadHas8bit(&nd->head);
+    return body8 || HeadHas8bit(&nd->head) || HeadHas8bit(&nd->head8);
 }
 
 /*
@@ -2038,7 +2011,8 @@ Collides(
     for (i = 0; i < nd->nkids && !*found; i++) {
 	Node *kid = nd->kids[i];
 
-	if (TextHasLine(kid->head.data, kid->head.len, delim)) {
+	if (TextHasLine(kid->head.data, kid->head.len, delim)
+		|| TextHasLine(kid->head8.data, kid->head8.len, delim)) {
 	    *found = 1;
 	} else if (kid->multipart
 		&& strncmp(delim + 2, kid->boundary, dlen - 2) == 0) {
@@ -2120,6 +2094,7 @@ SegFree(
     Seg *sg)
 {
     SmtpBufFree(&sg->lit);
+    SmtpBufFree(&sg->alt);
     if (sg->path) {
 	Tcl_DecrRefCount(sg->path);
 	sg->path = NULL;
@@ -2151,6 +2126,7 @@ NewSeg(
     memset(sg, 0, sizeof(Seg));
     sg->file = file;
     SmtpBufInit(&sg->lit);
+    SmtpBufInit(&sg->alt);
     return sg;
 }
 
@@ -2162,7 +2138,8 @@ static SmtpBuf *
 Lit(
     Plan *pl)
 {
-    if (pl->nsegs == 0 || pl->segs[pl->nsegs - 1].file) {
+    if (pl->nsegs == 0 || pl->segs[pl->nsegs - 1].file
+	    || pl->segs[pl->nsegs - 1].hasAlt) {
 	NewSeg(pl, 0);
     }
     return &pl->segs[pl->nsegs - 1].lit;
@@ -2197,7 +2174,8 @@ EmitStr(
 }
 
 /*
- * Appends to a Content-Type line a parameter, its value a quoted string.
+ * Appends to a Content-Type line a parameter (smtpHdr.c: a quoted string,
+ * or RFC 2231's form for a value beyond ASCII when 'ascii').
  */
 
 static void
@@ -2205,57 +2183,57 @@ AppendParam(
     Tcl_DString *ds,
     Tcl_Obj *key,
     const char *value,
-    Tcl_Obj *valueObj)
+    Tcl_Obj *valueObj,
+    int ascii)
 {
-    Tcl_DString v;
-    const char *s;
+    Tcl_DString k, v;
 
-    Tcl_DStringInit(&v);
     if (valueObj) {
-	AppendExternal(&v, valueObj);
-	s = Tcl_DStringValue(&v);
+	SmtpHeaderOctets(valueObj, &v);
     } else {
-	s = value;
+	Tcl_DStringInit(&v);
+	Tcl_DStringAppend(&v, value, -1);
     }
-    Tcl_DStringAppend(ds, "; ", 2);
     if (key) {
-	AppendExternal(ds, key);
+	SmtpHeaderOctets(key, &k);
     } else {
-	Tcl_DStringAppend(ds, "boundary", 8);
+	Tcl_DStringInit(&k);
+	Tcl_DStringAppend(&k, "boundary", 8);
     }
-    Tcl_DStringAppend(ds, "=\"", 2);
-    for (; *s; s++) {
-	if (*s == '"' || *s == '\\') {
-	    Tcl_DStringAppend(ds, "\\", 1);
-	}
-	Tcl_DStringAppend(ds, s, 1);
-    }
-    Tcl_DStringAppend(ds, "\"", 1);
+    SmtpParamAppend(ds, Tcl_DStringValue(&k), (size_t) Tcl_DStringLength(&k),
+	    (const unsigned char *) Tcl_DStringValue(&v),
+	    (size_t) Tcl_DStringLength(&v), ascii);
+    Tcl_DStringFree(&k);
     Tcl_DStringFree(&v);
 }
 
+/*
+ * A part's headers as a message without SMTPUTF8 (utf8 0) or with it
+ * (utf8 1) carries them, into 'out'.
+ */
+
 static void
-EmitHeaders(
-    Plan *pl,
-    Node *nd)
+PartHeaders(
+    Node *nd,
+    int utf8,
+    SmtpBuf *out)
 {
     Tcl_DString ct;
     Tcl_Obj **kv;
     Tcl_Size n, i;
-    SmtpBuf tail;
+    SmtpBuf *head = utf8 ? &nd->head8 : &nd->head;
     const char *type, *cs;
     size_t csLen, csOff;
     int declared = 0;
 
-    Emit(pl, nd->head.data, nd->head.len);
-    SmtpBufInit(&tail);
+    SmtpBufAppend(out, head->data, head->len);
     if (nd->label) {
 	Tcl_DString cte;
 
 	Tcl_DStringInit(&cte);
 	Tcl_DStringAppend(&cte, "Content-Transfer-Encoding: ", -1);
 	Tcl_DStringAppend(&cte, nd->label, -1);
-	HeaderField(&tail, (unsigned char *) Tcl_DStringValue(&cte),
+	SmtpHeaderLine(out, (unsigned char *) Tcl_DStringValue(&cte),
 		(size_t) Tcl_DStringLength(&cte));
 	Tcl_DStringFree(&cte);
     }
@@ -2279,23 +2257,55 @@ EmitHeaders(
 	}
 	if (nd->csAction == SMTP_CS_UTF8
 		&& strcmp(Tcl_GetString(kv[i]), "charset") == 0) {
-	    AppendParam(&ct, kv[i], "utf-8", NULL);
+	    AppendParam(&ct, kv[i], "utf-8", NULL, !utf8);
 	    declared = 1;
 	    continue;
 	}
-	AppendParam(&ct, kv[i], NULL, kv[i + 1]);
+	AppendParam(&ct, kv[i], NULL, kv[i + 1], !utf8);
     }
     if (nd->csAction == SMTP_CS_UTF8 && !declared) {
 	Tcl_DStringAppend(&ct, "; charset=\"utf-8\"", -1);
     }
     if (nd->multipart) {
-	AppendParam(&ct, NULL, nd->boundary, NULL);
+	AppendParam(&ct, NULL, nd->boundary, NULL, !utf8);
     }
-    HeaderField(&tail, (unsigned char *) Tcl_DStringValue(&ct),
+    SmtpHeaderLine(out, (unsigned char *) Tcl_DStringValue(&ct),
 	    (size_t) Tcl_DStringLength(&ct));
     Tcl_DStringFree(&ct);
-    Emit(pl, tail.data, tail.len);
-    SmtpBufFree(&tail);
+}
+
+/*
+ * Writes a part's headers: where the two renditions differ, as a literal
+ * segment of its own holding both, the one sent chosen at MAIL FROM.
+ */
+
+static void
+EmitHeaders(
+    Plan *pl,
+    Node *nd)
+{
+    SmtpBuf a, u;
+    Seg *sg;
+
+    SmtpBufInit(&a);
+    SmtpBufInit(&u);
+    PartHeaders(nd, 0, &a);
+    PartHeaders(nd, 1, &u);
+    if (a.len == u.len && memcmp(a.data, u.data, a.len) == 0) {
+	Emit(pl, a.data, a.len);
+	SmtpBufFree(&a);
+	SmtpBufFree(&u);
+	return;
+    }
+    sg = NewSeg(pl, SEG_LIT);
+    sg->hasAlt = 1;
+    sg->lit = a;
+    sg->alt = u;
+    pl->size += (Tcl_WideInt) a.len;
+    pl->sizeDelta += (Tcl_WideInt) u.len - (Tcl_WideInt) a.len;
+    pl->last = '\n';
+    pl->eightbit |= SmtpDataHas8bit(a.data, a.len);
+    pl->eightbitAlt |= SmtpDataHas8bit(u.data, u.len);
 }
 
 /*
@@ -2566,6 +2576,7 @@ typedef struct Writer {
     IdEnc id;
     unsigned char *block;
     int started;		/* String segment: begun. */
+    int utf8;			/* Headers as with SMTPUTF8. */
 } Writer;
 
 static void
@@ -2759,15 +2770,17 @@ WriterRead(
 	Seg *sg = &w->segs[w->cur];
 
 	if (!sg->file) {
-	    size_t n = sg->lit.len - w->litPos, room = want - (out->len - start);
+	    SmtpBuf *lit = (sg->hasAlt && w->utf8) ? &sg->alt : &sg->lit;
+	    size_t n = lit->len - w->litPos, room = want - (out->len - start);
 
 	    if (n > room) {
 		n = room;
 	    }
-	    SmtpBufAppend(out, sg->lit.data + w->litPos, n);
+	    SmtpBufAppend(out, lit->data + w->litPos, n);
 	    w->litPos += n;
-	    if (w->litPos == sg->lit.len) {
+	    if (w->litPos == lit->len) {
 		SmtpBufFree(&sg->lit);
+		SmtpBufFree(&sg->alt);
 		w->litPos = 0;
 		w->cur++;
 	    }
@@ -2787,6 +2800,19 @@ WriterRead(
 	}
     }
     return w->cur == w->nsegs;
+}
+
+/*
+ * Chooses the headers' rendition, before the first read: as with
+ * SMTPUTF8 (on) or without.
+ */
+
+static void
+WriterUtf8(
+    void *cd,
+    int on)
+{
+    ((Writer *) cd)->utf8 = on;
 }
 
 /*
@@ -2852,8 +2878,11 @@ SmtpMimeWriter(
     m->body.close = WriterClose;
     m->body.cd = w;
     m->body.clean = 1;
+    m->body.utf8 = WriterUtf8;
     m->size = pl.size;
     m->eightbit = pl.eightbit;
+    m->size8 = pl.size + pl.sizeDelta;
+    m->eightbit8 = pl.eightbit || pl.eightbitAlt;
     return TCL_OK;
 }
 
@@ -2910,8 +2939,8 @@ SmtpMimeMessage(
     Tcl_IncrRefCount(bytes);
     Tcl_ResetResult(interp);
     p = SmtpGetBytes(bytes, &len, &scratch);
-    m->size = SmtpDataSize(p, (size_t) len);
-    m->eightbit = SmtpDataHas8bit(p, (size_t) len);
+    m->size = m->size8 = SmtpDataSize(p, (size_t) len);
+    m->eightbit = m->eightbit8 = SmtpDataHas8bit(p, (size_t) len);
     Tcl_DStringFree(&scratch);
     SmtpSourceFromObj(&m->body, bytes);
     Tcl_DecrRefCount(bytes);

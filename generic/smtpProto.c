@@ -60,6 +60,7 @@ struct SmtpSession {
 				 * handshake: reconnect without TLS. */
 
     int dsn;			/* The server offers DSN. */
+    int txUtf8;			/* The message goes with SMTPUTF8. */
     int pipelining;		/* The server offers PIPELINING. */
     int chunking;		/* BDAT instead of DATA. */
     int bdatPending;		/* BDAT replies still to come. */
@@ -818,6 +819,19 @@ RcptCommand(
 }
 
 /*
+ * The size of the message in the rendition being sent.
+ */
+
+static Tcl_WideInt
+TxSize(
+    SmtpSession *s)
+{
+    SmtpMessage *m = &s->msgs[s->cur];
+
+    return s->txUtf8 ? m->size8 : m->size;
+}
+
+/*
  * Fails the transaction before MAIL: the message cannot be offered to this
  * server at all.
  */
@@ -871,6 +885,19 @@ StartTransaction(
     for (i = 0; i < s->nrcpts; i++) {
 	utf8 |= NeedsUtf8(rcpts[i]);
     }
+
+    /*
+     * SMTPUTF8 (RFC 6531) when the envelope needs it and the server
+     * offers it; the message's headers are then written as UTF-8
+     * (RFC 6532), else in their ASCII forms (smtpHdr.c). The choice is
+     * made here, where the server's extensions are known, before the
+     * message is read.
+     */
+
+    s->txUtf8 = utf8 && SmtpHasExtension(s->caps, "SMTPUTF8", NULL);
+    if (m->body.utf8) {
+	m->body.utf8(m->body.cd, s->txUtf8);
+    }
     if (SmtpHasExtension(s->caps, "SIZE", &limit)) {
 	Tcl_WideInt max = 0;
 
@@ -884,10 +911,10 @@ StartTransaction(
 	    }
 	}
 	Tcl_DecrRefCount(limit);
-	if (max > 0 && m->size > max) {
+	if (max > 0 && TxSize(s) > max) {
 	    Refuse(s, "SIZE", Tcl_ObjPrintf("message size %" TCL_LL_MODIFIER
 		    "d exceeds the server's limit of %" TCL_LL_MODIFIER
-		    "d octets", (long long) m->size, (long long) max));
+		    "d octets", (long long) TxSize(s), (long long) max));
 	    return;
 	}
     }
@@ -928,12 +955,13 @@ StartTransaction(
     cmd = Tcl_ObjPrintf("MAIL FROM:<%s>", Tcl_GetString(s->txSender));
     if (SmtpHasExtension(s->caps, "SIZE", NULL)) {
 	Tcl_AppendPrintfToObj(cmd, " SIZE=%" TCL_LL_MODIFIER "d",
-		(long long) m->size);
+		(long long) TxSize(s));
     }
-    if (m->eightbit && SmtpHasExtension(s->caps, "8BITMIME", NULL)) {
+    if ((s->txUtf8 ? m->eightbit8 : m->eightbit)
+	    && SmtpHasExtension(s->caps, "8BITMIME", NULL)) {
 	Tcl_AppendToObj(cmd, " BODY=8BITMIME", -1);
     }
-    if (utf8) {
+    if (s->txUtf8) {
 	Tcl_AppendToObj(cmd, " SMTPUTF8", -1);
     }
     if (s->dsn && s->opts->dsnret) {
@@ -968,7 +996,7 @@ StartTransaction(
 	if (early && !s->chunking) {
 	    Put(s, WAIT_DATA, "DATA", 4);
 	    s->pipeData = 1;
-	} else if (early && m->size <= EARLY_BODY_MAX && !s->rsetPending) {
+	} else if (early && TxSize(s) <= EARLY_BODY_MAX && !s->rsetPending) {
 	    /*
 	     * Not behind a session's RSET: a connection lost before the
 	     * RSET is answered is taken as nothing sent, and tried again.
@@ -1128,7 +1156,7 @@ Progress(
     Tcl_IncrRefCount(cmd);
     Tcl_ListObjAppendElement(NULL, cmd, Tcl_NewWideIntObj(s->sent));
     Tcl_ListObjAppendElement(NULL, cmd,
-	    Tcl_NewWideIntObj(s->msgs[s->cur].size));
+	    Tcl_NewWideIntObj(TxSize(s)));
     Tcl_Preserve(s->interp);
     if (Tcl_EvalObjEx(s->interp, cmd, TCL_EVAL_GLOBAL) != TCL_OK) {
 	Tcl_BackgroundException(s->interp, TCL_ERROR);

@@ -354,7 +354,9 @@ EncodeIn(
  * or string form when they are those unchanged. Returns the charset
  * they are in: SMTP_CS_DECLARED, or SMTP_CS_UTF8 when they are UTF-8
  * with 8-bit octets and the part declared no charset (one must be added)
- * or one that could not hold the text (it must become utf-8).
+ * or one that could not hold the text (it must become utf-8); with the
+ * flag SMTP_TEXT_CHARS when they are the UTF-8 of the value's characters
+ * (not its octets), whose lines mime measured in characters.
  */
 
 int
@@ -422,8 +424,9 @@ SmtpTextBytes(
 	}
 	Tcl_DStringFree(scratch);
     }
+    result = SMTP_TEXT_CHARS;
     if (!cs || !utf8) {
-	result = SMTP_CS_UTF8;
+	result |= SMTP_CS_UTF8;
     }
     if (formOk && form != (const unsigned char *) Tcl_DStringValue(&latin)) {
 	*bytesPtr = form;
