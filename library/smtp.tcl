@@ -236,13 +236,14 @@ proc ::smtp::internal::AttachmentDisposition {path} {
 proc ::smtp::internal::SendBuild {madeVar one files} {
     upvar 1 $madeVar made
     set body {}
-    if {[dict exists $one -text] || ![dict exists $one -html]} {
-	set text [expr {[dict exists $one -text] ? [dict get $one -text] : ""}]
-	if {[dict exists $one -text] || ![llength $files]} {
-	    lappend made [::mime::initialize -canonical text/plain \
-		    -string $text]
-	    lappend body [lindex $made end]
-	}
+    if {[dict exists $one -text]} {
+	lappend made [::mime::initialize -canonical text/plain \
+		-string [dict get $one -text]]
+	lappend body [lindex $made end]
+    } elseif {![dict exists $one -html] && ![llength $files]} {
+	# Nothing at all: an empty text.
+	lappend made [::mime::initialize -canonical text/plain -string ""]
+	lappend body [lindex $made end]
     }
     if {[dict exists $one -html]} {
 	lappend made [::mime::initialize -canonical text/html \
