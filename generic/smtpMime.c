@@ -917,7 +917,9 @@ ScanBytes(
 		}
 		hi |= x & high;
 		if (s->chars) {
-		    trail += (size_t) __builtin_popcountll(x & ~(x << 1) & high);
+		    /* Trail octets, 10xxxxxx, summed a bit per octet. */
+		    trail += (size_t) ((((x & ~(x << 1) & high) >> 7)
+			    * 0x0101010101010101ULL) >> 56);
 		}
 		j += 8;
 	    }
