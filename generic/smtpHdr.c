@@ -41,6 +41,18 @@ IsWsp(
 }
 
 /*
+ * Whether c is one of the characters of set (never NUL).
+ */
+
+static int
+OneOf(
+    int c,
+    const char *set)
+{
+    return c != 0 && strchr(set, c) != NULL;
+}
+
+/*
  * ------------------------------------------------------------------------
  * Folding (RFC 5322 2.2.3).
  * ------------------------------------------------------------------------
@@ -270,7 +282,8 @@ SmtpHeaderOctets(
 	    if (s[i] < 0x80) {
 		d[o] = s[i++];
 	    } else {
-		d[o] = (unsigned char) (((s[i] & 0x03) << 6) | (s[i + 1] & 0x3F));
+		d[o] = (unsigned char) (((s[i] & 0x03) << 6)
+			| (s[i + 1] & 0x3F));
 		i += 2;
 	    }
 	}
@@ -452,8 +465,8 @@ PiecesFree(
 
 /*
  * Adds a piece. White space is taken without line breaks (a value's own
- * folding is unfolded; the layout folds anew); 'wsForce' puts a space
- * where there is none.
+ * folding is unfolded; the layout folds anew); white space that was only
+ * a line break becomes a space.
  */
 
 static void
@@ -622,7 +635,8 @@ NeedsEnc(
 }
 
 /*
- * A word that a reader would take for an encoded word.
+ * A word that a reader would take for an encoded word:
+ * =?charset?B-or-Q?text?= (RFC 2047 2).
  */
 
 static int
@@ -630,8 +644,26 @@ LooksEncoded(
     const unsigned char *p,
     size_t n)
 {
-    return n >= 4 && p[0] == '=' && p[1] == '?' && p[n - 2] == '?'
-	    && p[n - 1] == '=';
+    size_t i = 2, cs;
+
+    if (n < 8 || p[0] != '=' || p[1] != '?' || p[n - 2] != '?'
+	    || p[n - 1] != '=') {
+	return 0;
+    }
+    while (i < n && p[i] != '?') {
+	i++;
+    }
+    cs = i - 2;
+    if (cs == 0 || i + 3 > n - 2 || !OneOf(p[i + 1], "BbQq")
+	    || p[i + 2] != '?') {
+	return 0;
+    }
+    for (i += 3; i < n - 2; i++) {
+	if (p[i] == '?') {
+	    return 0;
+	}
+    }
+    return 1;
 }
 
 static int
@@ -642,11 +674,7 @@ IsSpace(
 }
 
 /*
- * The words of an unstructured value as pieces: those that need encoding
- * in runs of encoded words, with the white space between them inside the
- * run (a reader drops white space between encoded words); the others as
- * they are. Next to a word the script encoded itself, the white space
- * goes into the run too, so that the reader keeps it.
+ * Appends octets without CR and LF (a value's folding, unfolded).
  */
 
 static void
@@ -687,6 +715,14 @@ SkipWord(
     }
     return i;
 }
+
+/*
+ * The words of an unstructured value as pieces: those that need encoding
+ * in runs of encoded words, with the white space between them inside the
+ * run (a reader drops white space between encoded words); the others as
+ * they are. Next to a word the script encoded itself, the white space
+ * goes into the run too, so that the reader keeps it.
+ */
 
 static void
 Unstructured(
@@ -816,12 +852,11 @@ Tokenize(
 		}
 	    }
 	    type = T_COMMENT;
-	} else if (strchr("<>@,;:.", c) != NULL) {
+	} else if (OneOf(c, "<>@,;:.")) {
 	    i++;
 	    type = T_SPECIAL;
 	} else {
-	    while (i < n && !IsSpace(v[i])
-		    && strchr("<>@,;:.\"[(", v[i]) == NULL) {
+	    while (i < n && !IsSpace(v[i]) && !OneOf(v[i], "<>@,;:.\"[(")) {
 		i++;
 	    }
 	    type = T_ATOM;
@@ -893,7 +928,7 @@ AddrPiece(
 
     if (wsLen == 0 && a->ps->n > 0) {
 	if ((enc && !(a->lastLen == 1 && a->lastText[0] == '('))
-		|| (a->lastEnc && !(n == 1 && strchr("),;:", p[0])))) {
+		|| (a->lastEnc && !(n == 1 && OneOf(p[0], "),;:")))) {
 	    ws = (const unsigned char *) " ";
 	    wsLen = 1;
 	}
@@ -928,11 +963,12 @@ AddrComment(
 }
 
 /*
- * Writes pending tokens toks[from..to). As a phrase (a display name or a
- * group's name), each stretch of words between comments that needs
- * encoding becomes one run of encoded words, its quoted strings
- * unquoted; otherwise the words go as they are (a local part beyond
- * ASCII has no ASCII form: it goes as it is).
+ * Writes pending tokens toks[from..to). As a phrase (a display name, a
+ * group's name, or words that are no part of an address), each stretch
+ * of words between comments that needs encoding becomes one run of
+ * encoded words, its quoted strings unquoted; otherwise (a local part,
+ * which has no ASCII form when it is beyond ASCII) the words go as they
+ * are.
  */
 
 static void
@@ -1038,7 +1074,6 @@ Address(
 {
     Tok *toks;
     size_t nt = Tokenize(v, n, &toks), i, pend = 0;
-    int inAngle = 0;
     Addr a;
 
     memset(&a, 0, sizeof(a));
@@ -1052,15 +1087,28 @@ Address(
 	if (t->type != T_SPECIAL || c == '.') {
 	    continue;		/* Pending, toks[pend..i]. */
 	}
-	AddrFlush(&a, toks, pend, i,
-		c == '<' || (c == ':' && !inAngle));
+	if (c == '@') {
+	    /*
+	     * The local part: the words (and dots) glued together before
+	     * the "@"; what comes before them is taken as a phrase.
+	     */
+
+	    size_t lp = i;
+
+	    while (lp > pend && (toks[lp - 1].type == T_ATOM
+		    || toks[lp - 1].type == T_QUOTED
+		    || (toks[lp - 1].type == T_SPECIAL
+			&& v[toks[lp - 1].off] == '.'))) {
+		lp--;
+	    }
+	    AddrFlush(&a, toks, pend, lp, 1);
+	    AddrFlush(&a, toks, lp, i, 0);
+	} else {
+	    AddrFlush(&a, toks, pend, i, 1);
+	}
 	AddrPiece(&a, v + t->off, 1, 0);
 	pend = i + 1;
-	if (c == '<') {
-	    inAngle = 1;
-	} else if (c == '>') {
-	    inAngle = 0;
-	} else if (c == '@') {
+	if (c == '@') {
 	    /* The domain: the glued atoms, dots and literals that follow. */
 	    size_t j = i + 1, s, e;
 
@@ -1078,7 +1126,7 @@ Address(
 	    pend = j;
 	}
     }
-    AddrFlush(&a, toks, pend, nt, 0);
+    AddrFlush(&a, toks, pend, nt, 1);
     if (a.wsLen > 0) {
 	PieceAdd(ps, v + a.wsOff, a.wsLen, v, 0, 0);
     }
@@ -1095,7 +1143,7 @@ static int
 AttrChar(
     int c)
 {
-    return c > 0x20 && c < 0x7F && strchr("*'%()<>@,;:\\\"/[]?=", c) == NULL;
+    return c > 0x20 && c < 0x7F && !OneOf(c, "*'%()<>@,;:\\\"/[]?=");
 }
 
 /*

@@ -28,8 +28,6 @@
 #define QP_LIMIT	75	/* Characters of a quoted-printable line
 				 * before its soft break '='. */
 #define B64_LINE	76	/* Characters of a base64 line. */
-#define FOLD_AT		78	/* Header lines longer than this are folded
-				 * at white space (RFC 5322 2.1.1). */
 #define LINE_MAX_OCTETS	998	/* Longest line SMTP carries. */
 #define MAX_DEPTH	64	/* Deepest nesting of parts accepted. */
 #define FILE_BLOCK	65536	/* File bytes read at a time. */
@@ -1083,7 +1081,8 @@ typedef struct Node {
 
     int enc;			/* ENC_...: the encoding written. */
     int qpText;
-    const char *label;		/* Content-Transfer-Encoding, or NULL. */
+    const char *label;		/* Content-Transfer-Encoding, or NULL; */
+    const char *label8;		/* with SMTPUTF8. */
     int eightBit;		/* Headers or body carry octets > 127. */
     char boundary[80];
 } Node;
@@ -1939,30 +1938,35 @@ DecideLeaf(
  * Chooses every part's encoding, bottom up: a multipart or message whose
  * body carries octets over 127 says 8bit (RFC 2045 6.4: its own encoding
  * must describe its content); otherwise what the token said, if it is an
- * identity encoding. Returns whether the part's headers or body carry
- * 8-bit octets.
+ * identity encoding. The headers of the parts inside count, as written
+ * without SMTPUTF8 (utf8 0, nd->label) or with it (utf8 1, nd->label8).
+ * Returns whether the part's headers or body carry 8-bit octets.
  */
 
 static int
 Decide(
-    Node *nd)
+    Node *nd,
+    int utf8)
 {
     int i, body8 = 0;
 
     if (nd->nkids == 0 && !nd->multipart && !nd->message) {
-	DecideLeaf(nd);
+	if (!utf8) {
+	    DecideLeaf(nd);
+	}
+	nd->label8 = nd->label;
 	body8 = nd->eightBit;
     } else {
 	for (i = 0; i < nd->nkids; i++) {
-	    body8 |= Decide(nd->kids[i]);
+	    body8 |= Decide(nd->kids[i], utf8);
 	}
-	nd->eightBit = body8;
-	nd->label = !strcmp(nd->encoding, "binary") ? "binary"
+	*(utf8 ? &nd->label8 : &nd->label) =
+		!strcmp(nd->encoding, "binary") ? "binary"
 		: body8 ? "8bit"
 		: !strcmp(nd->encoding, "7bit") ? "7bit"
 		: !strcmp(nd->encoding, "8bit") ? "8bit" : NULL;
     }
-    return body8 || HeadHas8bit(&nd->head) || HeadHas8bit(&nd->head8);
+    return body8 || HeadHas8bit(utf8 ? &nd->head8 : &nd->head);
 }
 
 /*
@@ -2224,17 +2228,18 @@ PartHeaders(
     Tcl_Obj **kv;
     Tcl_Size n, i;
     SmtpBuf *head = utf8 ? &nd->head8 : &nd->head;
+    const char *label = utf8 ? nd->label8 : nd->label;
     const char *type, *cs;
     size_t csLen, csOff;
     int declared = 0;
 
     SmtpBufAppend(out, head->data, head->len);
-    if (nd->label) {
+    if (label) {
 	Tcl_DString cte;
 
 	Tcl_DStringInit(&cte);
 	Tcl_DStringAppend(&cte, "Content-Transfer-Encoding: ", -1);
-	Tcl_DStringAppend(&cte, nd->label, -1);
+	Tcl_DStringAppend(&cte, label, -1);
 	SmtpHeaderLine(out, (unsigned char *) Tcl_DStringValue(&cte),
 		(size_t) Tcl_DStringLength(&cte));
 	Tcl_DStringFree(&cte);
@@ -2851,7 +2856,8 @@ SmtpMimeWriter(
 	code = ScanAll(&pl, root);
     }
     if (code == TCL_OK) {
-	Decide(root);
+	Decide(root, 0);
+	Decide(root, 1);
 	code = Boundaries(&pl, root);
     }
     if (code == TCL_OK) {
