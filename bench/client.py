@@ -133,6 +133,35 @@ def gen_text(path, size, rng):
         f.write(data)
 
 
+INTL = ('Prix café crème déjà Grüße Straße naïve Ελληνικά κείμενο '
+        'Русский текст почта сообщение 日本語 メール 送信 中文 邮件 '
+        '한국어 메일 10€ «guillemets» “quotes” — … ✓').split()
+
+
+def gen_intl(path, size, rng):
+    """Text in many scripts (Latin with accents, Greek, Cyrillic, CJK,
+    symbols; one to three octets a character in UTF-8), in lines of at
+    most 72 characters as a mail client wraps them, written in UTF-8."""
+    out = []
+    total = 0
+    while total < size:
+        words = []
+        n = 0
+        while True:
+            w = rng.choice(INTL)
+            if n + len(w) + 1 > 72:
+                break
+            words.append(w)
+            n += len(w) + 1
+        line = (' '.join(words) + '\n').encode('utf-8')
+        out.append(line)
+        total += len(line)
+    data = b''.join(out)[:size]
+    data = data[:data.rfind(b'\n') + 1]
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
 def gen(directory, name, size):
     rng = random.Random(name)
     path = os.path.join(directory, name)
@@ -142,6 +171,8 @@ def gen(directory, name, size):
                  % i for i in range(1, 9)]
         with open(tmp, 'w') as f:
             f.write(''.join(lines))
+    elif name.endswith('-intl.txt'):
+        gen_intl(tmp, size, rng)
     elif name.endswith('.txt'):
         gen_text(tmp, size, rng)
     else:

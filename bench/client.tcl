@@ -20,7 +20,7 @@
 #		 mime::copymessage (CRLF lines, not dot-stuffed) to the file
 #		 named in place of the port: the pre-built message that
 #		 smtplib and curl send.
-#	scenario 1..5, as in README.md; the input files come from run.tcl.
+#	scenario 1..6, as in README.md; the input files come from run.tcl.
 #	count	 messages to send (scenarios 1 and 4); for scenario 5 the
 #		 name of the data file to attach (s5.bin or s5probe.bin).
 #
@@ -119,6 +119,14 @@ switch -- $scenario {
 	set text [readFile [file join $datadir s2.txt]]
 	lappend tokens [headers [mime::initialize -canonical text/plain \
 		-string $text] "Ten megabytes of long lines"]
+	unset text
+    }
+    6 {
+	# Read as characters: a plain Tcl string, not converted.
+	set text [readFile [file join $datadir s6-intl.txt]]
+	lappend tokens [headers [mime::initialize \
+		-canonical "text/plain; charset=UTF-8" -string $text] \
+		"Ten megabytes of text in many scripts"]
 	unset text
     }
     3 {

@@ -19,7 +19,7 @@
 #	-rounds N	rounds per scenario and client, at most (BENCH_ROUNDS, 5)
 #	-budget SECS	no further round once a cell has used this much time
 #			(BENCH_BUDGET, 45); every cell runs at least once
-#	-scenarios L	comma-separated subset of 1,2,3,4,5 (BENCH_SCENARIOS)
+#	-scenarios L	comma-separated subset of 1,2,3,4,5,6 (BENCH_SCENARIOS)
 #	-clients L	subset of ours,tcllib,python,curl,smtp-source,floor
 #			(BENCH_CLIENTS)
 #	-s5bytes N	size of scenario 5's file (BENCH_S5_BYTES, 1 GiB)
@@ -47,7 +47,7 @@ array set opt [list \
     -results   "" \
     -rounds    [envOr BENCH_ROUNDS 5] \
     -budget    [envOr BENCH_BUDGET 45] \
-    -scenarios [envOr BENCH_SCENARIOS 1,2,3,4,5] \
+    -scenarios [envOr BENCH_SCENARIOS 1,2,3,4,5,6] \
     -clients   [envOr BENCH_CLIENTS ours,tcllib,python,curl,smtp-source,floor] \
     -s5bytes   [envOr BENCH_S5_BYTES [expr {1 << 30}]] \
 ]
@@ -69,7 +69,7 @@ if {$opt(-sink) eq ""} {
 if {$opt(-floor) eq ""} {
     set opt(-floor) [file join $opt(-work) smtp-floor]
 }
-set allScenarios {1 2 3 4 5}
+set allScenarios {1 2 3 4 5 6}
 set allClients {ours tcllib python curl smtp-source floor}
 set scenarios [split $opt(-scenarios) ", "]
 set clients [split $opt(-clients) ", "]
@@ -103,7 +103,7 @@ set s5probe [expr {50 << 20}]
 
 # Time limit of one run (the "timeout" command kills it after that).
 proc runLimit {scenario client} {
-    if {$scenario == 2 && $client eq "tcllib"} {
+    if {$scenario in {2 6} && $client eq "tcllib"} {
 	return 420
     }
     return 240
@@ -254,6 +254,10 @@ proc cell {scenario client {size full}} {
 	3 {
 	    set work [file size [file join $data s3.bin]]
 	    set eml [file join $data s3.eml]
+	}
+	6 {
+	    set work [file size [file join $data s6-intl.txt]]
+	    set eml [file join $data s6.eml]
 	}
 	5 {
 	    set file [expr {$size eq "probe" ? "s5probe.bin" : "s5.bin"}]
@@ -495,6 +499,12 @@ if {2 in $scenarios} {
 if {3 in $scenarios} {
     genMessage 3 [file join $data s3.bin] 1 s3.eml
 }
+if {6 in $scenarios} {
+    genFile s6-intl.txt [expr {10 << 20}] 0
+    if {"python" in $clients || "curl" in $clients} {
+	genMessage 6 [file join $data s6-intl.txt] 1 s6.eml
+    }
+}
 if {5 in $scenarios} {
     genFile s5probe.bin $s5probe
     genFile s5.bin $opt(-s5bytes)
@@ -598,6 +608,7 @@ set scenarioTitle {
     3 "8 MiB base64 attachment in a multipart"
     4 "one message to 1000 recipients"
     5 "file-backed attachment (mime::initialize -file)"
+    6 "10 MiB text in many scripts, a plain Tcl string"
 }
 
 proc rateText {s c} {
@@ -715,6 +726,14 @@ if {5 in $scenarios} {
     set suffix [expr {$full || $g eq "" ? "" : " (50 MiB probe only)"}]
     addTarget 5 "peak RSS growth < 32 MB" $g "\$v < 32 && $full" "%.1f MB$suffix"
     addTarget 5 "≥ 500 MB/s" $r "\$v >= 500 && $full" "%.0f MB/s$suffix"
+}
+
+if {6 in $scenarios} {
+    set r ""
+    if {[have3 6 ours secs]} {
+	set r [expr {[rate 6 ours] / 1e6}]
+    }
+    addTarget 6 "≥ 100 MB/s" $r {$v >= 100} "%.0f MB/s"
 }
 
 proc mdTable {rows} {
@@ -881,14 +900,15 @@ proc chart {} {
 	3 "3: 8 MiB base64 attachment (MB/s)"
 	4 "4: 1000 recipients (msg/s)"
 	5 "5: file attachment (MB/s)"
+	6 "6: 10 MiB non-ASCII text (MB/s)"
 	rss "5: peak RSS growth (MB, lower is better)"
     }
     set colors {ours #1b9e77 tcllib #d95f02 python #7570b3 curl #e7298a
 	smtp-source #66a61e floor #666666}
     set gp {}
-    lappend gp "set terminal pngcairo size 1500,900 font 'sans,10'" \
+    lappend gp "set terminal pngcairo size 2000,900 font 'sans,10'" \
 	"set output '[file join $opt(-results) results.png]'" \
-	"set multiplot layout 2,3 title 'smtp benchmarks (log scale; higher is better except RSS)'" \
+	"set multiplot layout 2,4 title 'smtp benchmarks (log scale; higher is better except RSS)'" \
 	"set style fill solid 0.85 border -1" "set boxwidth 0.6" \
 	"set logscale y" "unset key" "set grid ytics" "set xtics nomirror" \
 	"set ytics nomirror"

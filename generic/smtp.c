@@ -34,6 +34,10 @@ Smtp_Init(
 	    SmtpSendmessageObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::session", SmtpSessionObjCmd,
 	    NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::smtp::internal::message",
+	    SmtpMessageObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::smtp::internal::sendoptions",
+	    SmtpSendOptionsObjCmd, NULL, NULL);
     SmtpAsyncInit(interp);
     SmtpTestInit(interp);
     SmtpSaslTestInit(interp);

@@ -1744,6 +1744,93 @@ SmtpSendmessageObjCmd(
 }
 
 /*
+ * ::smtp::internal::message token ?option value ...?
+ *
+ * Returns the message smtp::sendmessage would send for the same arguments
+ * (the message itself, not a blind-copy digest), made by the same rules
+ * and writer, as the octets DATA carries before dot-stuffing: line ends
+ * CRLF, a final CRLF. Nothing is sent and no server is asked. Used by
+ * smtp::send -dryrun.
+ */
+
+int
+SmtpMessageObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    SendCall *c;
+    SmtpSource *src;
+    SmtpDataEnc enc;
+    SmtpBuf raw, out;
+    Tcl_Obj *err = NULL;
+    int st = 0;
+
+    (void) clientData;
+    if (objc < 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "token ?option value ...?");
+	return TCL_ERROR;
+    }
+    c = PrepareSend(interp, objc, objv);
+    if (c == NULL) {
+	return TCL_ERROR;
+    }
+    src = &c->msgs[0].body;
+    SmtpDataInitBdat(&enc);
+    SmtpBufInit(&raw);
+    SmtpBufInit(&out);
+    while (st == 0) {
+	raw.pos = raw.len = 0;
+	st = src->read(src->cd, &raw, 65536, &err);
+	if (st >= 0) {
+	    SmtpDataEncode(&enc, SmtpBufPtr(&raw), SmtpBufAvail(&raw), &out);
+	}
+    }
+    if (st > 0) {
+	SmtpDataFinish(&enc, &out);
+	Tcl_SetObjResult(interp, Tcl_NewByteArrayObj(SmtpBufPtr(&out),
+		(Tcl_Size) SmtpBufAvail(&out)));
+    } else {
+	Tcl_SetObjResult(interp, err);
+	Tcl_SetErrorCode(interp, "SMTP", "MESSAGE", NULL);
+    }
+    SmtpBufFree(&raw);
+    SmtpBufFree(&out);
+    SendCallFreeHeap(c);
+    return st > 0 ? TCL_OK : TCL_ERROR;
+}
+
+/*
+ * ::smtp::internal::sendoptions
+ *
+ * Returns the names of smtp::sendmessage's options, for smtp::send, which
+ * passes them on.
+ */
+
+int
+SmtpSendOptionsObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Obj *list = Tcl_NewListObj(0, NULL);
+    int i;
+
+    (void) clientData;
+    if (objc != 1) {
+	Tcl_WrongNumArgs(interp, 1, objv, NULL);
+	return TCL_ERROR;
+    }
+    for (i = 0; optionNames[i]; i++) {
+	Tcl_ListObjAppendElement(NULL, list, S(optionNames[i]));
+    }
+    Tcl_SetObjResult(interp, list);
+    return TCL_OK;
+}
+
+/*
  * ----------------------------------------------------------------------
  * smtp::session: one connection for many messages.
  * ----------------------------------------------------------------------

@@ -117,6 +117,19 @@ const unsigned char *SmtpGetBytes(Tcl_Obj *obj, Tcl_Size *lenPtr,
 		    Tcl_DString *scratch);
 
 /*
+ * smtpText.c: the octets of a text part's value in its charset.
+ */
+
+#define SMTP_CS_DECLARED 0	/* In the charset declared (or ASCII). */
+#define SMTP_CS_UTF8	1	/* In UTF-8, which the part must declare. */
+#define SMTP_TEXT_CHARS	2	/* Flag: UTF-8 made from the characters. */
+
+int		SmtpTextBytes(Tcl_Obj *obj, const char *cs, size_t csLen,
+		    const unsigned char **bytesPtr, size_t *lenPtr,
+		    Tcl_DString *scratch);
+int		SmtpUtf8Valid(const unsigned char *p, size_t n);
+
+/*
  * smtpProto.c: one SMTP client session, an explicit state machine fed with
  * events by the transport.
  */
@@ -306,6 +319,8 @@ Tcl_Channel	SmtpPlatformConnectNumeric(const char *host, int port);
 
 Tcl_ObjCmdProc	SmtpSendmessageObjCmd;
 Tcl_ObjCmdProc	SmtpSessionObjCmd;
+Tcl_ObjCmdProc	SmtpMessageObjCmd;
+Tcl_ObjCmdProc	SmtpSendOptionsObjCmd;
 
 /*
  * smtpTest.c: ::smtp::internal commands for the test suite.

@@ -619,32 +619,32 @@ IdEncode(
     size_t n,
     SmtpBuf *out)
 {
-    unsigned char *o, *o0;
-    size_t i;
+    size_t i = 0;
 
-    SmtpBufReserve(out, 2 * n + 2);
-    o = o0 = out->data + out->len;
-    for (i = 0; i < n; i++) {
-	unsigned char c = p[i];
-
-	if (e->cr) {
-	    e->cr = 0;
-	    *o++ = '\r';
-	    *o++ = '\n';
-	    if (c == '\n') {
-		continue;
-	    }
-	}
-	if (c == '\r') {
-	    e->cr = 1;
-	} else if (c == '\n') {
-	    *o++ = '\r';
-	    *o++ = '\n';
-	} else {
-	    *o++ = c;
-	}
+    if (n > 0 && e->cr) {
+	e->cr = 0;
+	SmtpBufAppend(out, "\r\n", 2);
+	i = (p[0] == '\n');
     }
-    out->len += (size_t) (o - o0);
+    while (i < n) {
+	const unsigned char *lf = memchr(p + i, '\n', n - i), *cr;
+	size_t end = lf ? (size_t) (lf - p) : n;
+
+	cr = memchr(p + i, '\r', end - i);
+	if (cr != NULL) {
+	    end = (size_t) (cr - p);
+	}
+	SmtpBufAppend(out, p + i, end - i);
+	if (end == n) {
+	    break;
+	}
+	if (p[end] == '\r' && end + 1 == n) {
+	    e->cr = 1;
+	    break;
+	}
+	SmtpBufAppend(out, "\r\n", 2);
+	i = end + 1 + (p[end] == '\r' && p[end + 1] == '\n');
+    }
 }
 
 static void
@@ -683,6 +683,9 @@ typedef struct Scan {
     int notLine;		/* mime's encodinglineP fails on a line. */
     int has8bit, hasNul, hasBareCR;
     int lastByte;		/* Last octet of the content, or -1. */
+    int chars;			/* The content is UTF-8 made from a string's
+				 * characters: mime's line length counts
+				 * characters, not octets. */
 
     /* Current line as mime splits it (at LF). */
     Tcl_WideInt mLen;
@@ -889,6 +892,100 @@ ScanBytes(
 	    i = j;
 	    continue;
 	}
+	if (s->headLen == 5 && !s->capOn && c != '\t'
+		&& (ORDINARY(c) || c >= 0x80)) {
+	    /*
+	     * Inside a line, past what its start decides: printable ASCII
+	     * and 8-bit octets, eight at a time.
+	     */
+
+	    const uint64_t high = 0x8080808080808080ULL;
+	    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+	    uint64_t hi = 0;
+	    size_t j = i, run, trail = 0;
+
+	    while (j + 8 <= n) {
+		uint64_t x, t;
+
+		memcpy(&x, p + j, 8);
+		t = x & low7;
+		if (((~(t + 0x6060606060606060ULL)
+			| (t + 0x0101010101010101ULL)) & high & ~x) != 0) {
+		    break;		/* A control octet or DEL. */
+		}
+		hi |= x & high;
+		if (s->chars) {
+		    /* Trail octets, 10xxxxxx, summed a bit per octet. */
+		    trail += (size_t) ((((x & ~(x << 1) & high) >> 7)
+			    * 0x0101010101010101ULL) >> 56);
+		}
+		j += 8;
+	    }
+	    while (j < n && ((p[j] >= 0x20 && p[j] < 0x7F) || p[j] >= 0x80)) {
+		hi |= p[j] & 0x80;
+		trail += (s->chars && (p[j] & 0xC0) == 0x80);
+		j++;
+	    }
+	    run = j - i;
+	    if (hi) {
+		s->notAscii = 1;
+		s->has8bit = 1;
+		if (s->until == SCAN_TO_NOTASCII || s->until == SCAN_TO_EITHER) {
+		    s->done = 1;
+		}
+	    }
+	    s->len += (Tcl_WideInt) run;
+	    s->identSize += (Tcl_WideInt) run;
+	    s->tLen += (Tcl_WideInt) run;
+	    s->mLen += (Tcl_WideInt) (run - trail);
+	    while (j > i && s->chars && (p[j - 1] & 0xC0) == 0x80) {
+		j--;
+	    }
+	    if (j > i) {
+		s->mLast = p[j - 1];
+	    }
+	    i += run;
+	    continue;
+	}
+	if (c >= 0x80) {
+	    /*
+	     * A run of 8-bit octets at once; in characters, a trail octet
+	     * adds nothing to mime's line.
+	     */
+
+	    size_t j = i, run, k, chars = 0;
+	    int last = s->mLast;
+
+	    while (j < n && p[j] >= 0x80) {
+		if (!s->chars || (p[j] & 0xC0) != 0x80) {
+		    chars++;
+		    last = p[j];
+		}
+		j++;
+	    }
+	    run = j - i;
+	    s->notAscii = 1;
+	    s->has8bit = 1;
+	    if (s->until == SCAN_TO_NOTASCII || s->until == SCAN_TO_EITHER) {
+		s->done = 1;
+	    }
+	    if (s->headLen < 5) {
+		k = run < (size_t) (5 - s->headLen)
+			? run : (size_t) (5 - s->headLen);
+		memcpy(s->head + s->headLen, p + i, k);
+		s->headLen += (int) k;
+	    }
+	    if (s->capOn) {
+		ScanCapture(s, p + i, run);
+	    }
+	    s->len += (Tcl_WideInt) run;
+	    s->identSize += (Tcl_WideInt) run;
+	    s->tLen += (Tcl_WideInt) run;
+	    s->mLen += (Tcl_WideInt) chars;
+	    s->mLast = last;
+	    i = j;
+	    continue;
+	}
 	s->len++;
 	s->identSize++;
 	i++;
@@ -910,8 +1007,6 @@ ScanBytes(
 	} else {
 	    if (c == 0) {
 		s->hasNul = 1;
-	    } else if (c >= 0x80) {
-		s->has8bit = 1;
 	    }
 	    s->tLen++;
 	    if (s->capOn) {
@@ -974,6 +1069,11 @@ typedef struct Node {
     size_t len;			/* Tcl code runs then to change them), */
     Tcl_DString scratch;	/* and where they were made, if needed; */
     int decoded;		/* 1: bytes are in scratch, and hold. */
+    int textRule;		/* A text string: its octets in its charset
+				 * (smtpText.c), not its characters' low
+				 * 8 bits; */
+    int textDone;		/* 1: bytes found so, in the value; */
+    int csAction;		/* SMTP_CS_UTF8: the part must say utf-8. */
     Tcl_Obj *path;		/* SRC_FILE: normalized file name, */
     Tcl_WideInt offset, count;	/* where, and how much (-1: to EOF). */
     Scan scan;
@@ -1099,12 +1199,104 @@ HeaderObj(
 }
 
 /*
- * Points nd->bytes at the octets of a string leaf, each character's low 8
- * bits as mime treats them: a string form that is plain ASCII is used as
- * is, others go through SmtpGetBytes. A pointer into the value holds
- * until Tcl code might run (which could change the value's
- * representation), so it is taken again before each use; octets decoded
- * into nd->scratch are the node's own and are kept.
+ * The charset parameter in a content type as written (mime's -canonical
+ * "text/plain; charset=..."): its value, its length in *lenPtr and its
+ * offset in *offPtr; NULL when there is none.
+ */
+
+static const char *
+TypeCharset(
+    const char *type,
+    size_t *lenPtr,
+    size_t *offPtr)
+{
+    const char *p = strchr(type, ';');
+
+    while (p != NULL && *p == ';') {
+	const char *name, *v;
+	size_t nlen;
+
+	p++;
+	while (*p == ' ' || *p == '\t') {
+	    p++;
+	}
+	name = p;
+	while (*p && *p != '=' && *p != ';' && *p != ' ' && *p != '\t') {
+	    p++;
+	}
+	nlen = (size_t) (p - name);
+	while (*p == ' ' || *p == '\t') {
+	    p++;
+	}
+	if (*p != '=') {
+	    p = strchr(p, ';');
+	    continue;
+	}
+	p++;
+	while (*p == ' ' || *p == '\t') {
+	    p++;
+	}
+	if (*p == '"') {
+	    v = ++p;
+	    while (*p && *p != '"') {
+		p += (*p == '\\' && p[1]) ? 2 : 1;
+	    }
+	    *lenPtr = (size_t) (p - v);
+	    if (*p == '"') {
+		p++;
+	    }
+	} else {
+	    v = p;
+	    while (*p && *p != ';' && *p != ' ' && *p != '\t') {
+		p++;
+	    }
+	    *lenPtr = (size_t) (p - v);
+	}
+	if (nlen == 7 && (name[0] | 0x20) == 'c' && (name[1] | 0x20) == 'h'
+		&& (name[2] | 0x20) == 'a' && (name[3] | 0x20) == 'r'
+		&& (name[4] | 0x20) == 's' && (name[5] | 0x20) == 'e'
+		&& (name[6] | 0x20) == 't') {
+	    *offPtr = (size_t) (v - type);
+	    return v;
+	}
+	while (*p == ' ' || *p == '\t') {
+	    p++;
+	}
+    }
+    return NULL;
+}
+
+static const char *Charset(Node *nd);
+
+/*
+ * The charset a part declares: in its parameters (mime's -param, which
+ * mime's choice of encoding reads), else in its content type. NULL when
+ * it declares none.
+ */
+
+static const char *
+DeclaredCharset(
+    Node *nd,
+    size_t *lenPtr)
+{
+    const char *cs = Charset(nd);
+    size_t off;
+
+    if (cs != NULL) {
+	*lenPtr = strlen(cs);
+	return cs;
+    }
+    return TypeCharset(Tcl_DStringValue(&nd->type), lenPtr, &off);
+}
+
+/*
+ * Points nd->bytes at the octets of a string leaf: a string form that is
+ * plain ASCII is used as is; a text part's value is taken by the rule of
+ * smtpText.c; others go through SmtpGetBytes (each character's low 8
+ * bits, as mime treats them). A pointer into the value holds until Tcl
+ * code might run (which could change the value's representation), so it
+ * is taken again before each use; octets made into nd->scratch are the
+ * node's own and are kept.
  */
 
 static void
@@ -1122,6 +1314,9 @@ StringBytes(
 	size_t n = (size_t) obj->length, i = 0;
 	uint64_t acc = 0;
 
+	if (nd->textDone && s == nd->bytes && n == nd->len) {
+	    return;
+	}
 	while (i + 64 <= n && (acc & 0x8080808080808080ULL) == 0) {
 	    int k;
 
@@ -1142,6 +1337,21 @@ StringBytes(
 	}
     }
     Tcl_DStringFree(&nd->scratch);
+    if (nd->textRule) {
+	size_t csLen = 0;
+	const char *cs = DeclaredCharset(nd, &csLen);
+
+	int how = SmtpTextBytes(obj, cs, csLen, &nd->bytes, &nd->len,
+		&nd->scratch);
+
+	nd->csAction = how & SMTP_CS_UTF8;
+	nd->scan.chars = (how & SMTP_TEXT_CHARS) != 0;
+	nd->decoded = (nd->bytes
+		== (const unsigned char *) Tcl_DStringValue(&nd->scratch));
+	nd->textDone = (obj->bytes != NULL
+		&& nd->bytes == (const unsigned char *) obj->bytes);
+	return;
+    }
     nd->bytes = SmtpGetBytes(obj, &len, &nd->scratch);
     nd->len = (size_t) len;
     nd->decoded = (nd->bytes
@@ -1337,6 +1547,10 @@ Walk(
 	nd->src = SRC_STRING;
 	nd->string = obj;
 	Tcl_IncrRefCount(obj);
+	/* Parsed content still in its transfer encoding stays as it is. */
+	nd->textRule = nd->text && (nd->canonical
+		|| (strcmp(nd->encoding, "quoted-printable")
+		    && strcmp(nd->encoding, "base64")));
 	return TCL_OK;
     }
     if (strcmp(val, "file") == 0) {
@@ -2003,6 +2217,10 @@ PartHeaders(
     Tcl_Size n, i;
     SmtpBuf *head = utf8 ? &nd->head8 : &nd->head;
     const char *label = utf8 ? nd->label8 : nd->label;
+    const char *type, *cs;
+    size_t csLen, csOff;
+    int declared = 0;
+    Tcl_DString typeDs;
 
     SmtpBufAppend(out, head->data, head->len);
     if (label) {
@@ -2017,14 +2235,34 @@ PartHeaders(
     }
     Tcl_DStringInit(&ct);
     Tcl_DStringAppend(&ct, "Content-Type: ", -1);
-    SmtpParamsAppend(&ct, (const unsigned char *) Tcl_DStringValue(&nd->type),
-	    (size_t) Tcl_DStringLength(&nd->type), !utf8);
+    type = Tcl_DStringValue(&nd->type);
+    Tcl_DStringInit(&typeDs);
+    if (nd->csAction == SMTP_CS_UTF8
+	    && (cs = TypeCharset(type, &csLen, &csOff)) != NULL) {
+	/* The text is in UTF-8 (smtpText.c), so the part says so. */
+	Tcl_DStringAppend(&typeDs, type, (Tcl_Size) csOff);
+	Tcl_DStringAppend(&typeDs, "utf-8", 5);
+	Tcl_DStringAppend(&typeDs, cs + csLen, -1);
+	type = Tcl_DStringValue(&typeDs);
+	declared = 1;
+    }
+    SmtpParamsAppend(&ct, (const unsigned char *) type, strlen(type), !utf8);
+    Tcl_DStringFree(&typeDs);
     Tcl_ListObjGetElements(NULL, nd->params, &n, &kv);
     for (i = 0; i + 1 < n; i += 2) {
 	if (nd->multipart && strcmp(Tcl_GetString(kv[i]), "boundary") == 0) {
 	    continue;
 	}
+	if (nd->csAction == SMTP_CS_UTF8
+		&& strcmp(Tcl_GetString(kv[i]), "charset") == 0) {
+	    AppendParam(&ct, kv[i], "utf-8", NULL, !utf8);
+	    declared = 1;
+	    continue;
+	}
 	AppendParam(&ct, kv[i], NULL, kv[i + 1], !utf8);
+    }
+    if (nd->csAction == SMTP_CS_UTF8 && !declared) {
+	Tcl_DStringAppend(&ct, "; charset=\"utf-8\"", -1);
     }
     if (nd->multipart) {
 	AppendParam(&ct, NULL, nd->boundary, NULL, !utf8);

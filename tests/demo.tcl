@@ -1,8 +1,9 @@
 # demo.tcl --
 #
-#	"make demo": send one message with smtp::sendmessage to the embedded
-#	test server (smtpd.tcl, in this process) and show what the server
-#	received.  Exits 0 on success, 1 (with the error) on failure.
+#	"make demo": send one message with smtp::sendmessage and one with
+#	smtp::send to the embedded test server (smtpd.tcl, in this process)
+#	and show what the server received.  Exits 0 on success, 1 (with the
+#	error) on failure.
 #
 #	The smtp package is found through TCLLIBPATH (the Makefile points it
 #	at the build directory).
@@ -94,12 +95,38 @@ puts -nonewline [string map {"\r\n" "\n"} $raw]
 puts "--- end of message ([string length $raw] bytes, $crlf CRLF line ends,\
         $bareLF bare LF) ---"
 
-smtpd::stop $srv
-
 if {[dict get $m rcpts] ne {bob@example.org}} {
+    smtpd::stop $srv
     fail "server recorded recipients [dict get $m rcpts], expected bob@example.org"
 }
 if {[llength $result]} {
+    smtpd::stop $srv
     fail "recipients refused: $result"
+}
+
+# The same in one command, with smtp::send (library/smtp.tcl): plain text
+# and HTML, a blind copy that only the envelope names.
+puts ""
+puts "--- smtp::send ---"
+if {[catch {
+    smtp::send -servers 127.0.0.1 -ports $port \
+        -from "Alice <alice@example.com>" -to "Bob <bob@example.org>" \
+        -bcc carol@example.net -subject "smtp::send demo" \
+        -text "Hello from smtp::send.\n" \
+        -html "<p>Hello from <b>smtp::send</b>.</p>\n"
+} result]} {
+    smtpd::stop $srv
+    fail "smtp::send: $result"
+}
+smtpd::wait $srv {closed 2} 2000
+set m [lindex [smtpd::messages $srv] end]
+puts "smtp::send returned {[join $result]}"
+puts "envelope: from <[dict get $m from]> to [join [lmap r [dict get $m rcpts] {string cat < $r >}] {, }]"
+puts ""
+puts -nonewline [string map {"\r\n" "\n"} [dict get $m raw]]
+puts "--- end of message ---"
+smtpd::stop $srv
+if {[dict get $m rcpts] ne {bob@example.org carol@example.net}} {
+    fail "server recorded recipients [dict get $m rcpts] for smtp::send"
 }
 exit 0
