@@ -177,7 +177,12 @@ if {$impl eq "write"} {
     mime::setheader $tok Date [mime::parsedatetime -now proper]
     mime::setheader $tok Message-ID [mime::uniqueID]
     set f [open $port.tmp w]
-    fconfigure $f -translation crlf -encoding binary
+    # As mime::buildmessage writes, for tcllib's smtp: through a channel in
+    # the system encoding (UTF-8), which leaves the octets of the other
+    # scenarios' ASCII and base64 as they are and writes scenario 6's
+    # characters in UTF-8.
+    fconfigure $f -translation crlf \
+	    -encoding [expr {$scenario == 6 ? "utf-8" : "binary"}]
     mime::copymessage $tok $f
     close $f
     file rename -force $port.tmp $port

@@ -577,7 +577,7 @@ proc res {s c k} {
     return $::result($s,$c,$k)
 }
 
-# Work per second: messages/s (1, 4) or MB/s of input (2, 3, 5).
+# Work per second: messages/s (1, 4) or MB/s of input (2, 3, 5, 6).
 proc rate {s c} {
     expr {[res $s $c work] / [res $s $c secs]}
 }
@@ -670,7 +670,7 @@ foreach s $scenarios {
     }
 }
 
-# Targets from issue 9.  Each: scenario, text, measured text, pass?
+# Targets from issues 9 and 14.  Each: scenario, text, measured text, pass?
 proc ratioOf {s a b} {
     if {![have3 $s $a secs] || ![have3 $s $b secs]} {
 	return ""
@@ -831,7 +831,7 @@ lappend md "# Benchmark results" ""
 lappend md "Written by \`make bench\` (bench/run.tcl); see README.md for what the" \
     "scenarios are and how to rerun them. Times are medians over the rounds;" \
     "Rate is messages/s (1), ms per message (4) or MB/s of input, 1 MB = 10^6" \
-    "octets (2, 3, 5). \"vs tcllib\" is the rate over tcllib's rate. Octets/msg" \
+    "octets (2, 3, 5, 6). \"vs tcllib\" is the rate over tcllib's rate. Octets/msg" \
     "is what the sink received per message (dot-stuffed DATA or BDAT chunks)." \
     "Times of Tcl and Python clients and of floor (bench/floor.c, a bare C" \
     "client: the limit of this machine and sink) cover the sends only" \
@@ -843,7 +843,7 @@ foreach l $machine {
 if {!$fullRun} {
     lappend md "- Partial run: scenarios [join $scenarios ,], clients [join $clients ,]"
 }
-lappend md "" "## Targets (issue 9)" "" [mdTable $targetRows] ""
+lappend md "" "## Targets (issues 9 and 14)" "" [mdTable $targetRows] ""
 lappend md "## All results" "" [mdTable $rows] ""
 lappend md {![chart](results.png)} ""
 

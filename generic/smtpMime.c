@@ -1340,7 +1340,6 @@ StringBytes(
     if (nd->textRule) {
 	size_t csLen = 0;
 	const char *cs = DeclaredCharset(nd, &csLen);
-
 	int how = SmtpTextBytes(obj, cs, csLen, &nd->bytes, &nd->len,
 		&nd->scratch);
 
@@ -2321,7 +2320,8 @@ EmitString(
     size_t before;
 
     StringBytes(nd);
-    if (nd->enc == ENC_B64 && nd->len >= STREAM_MIN) {
+    if ((nd->enc == ENC_B64 || nd->enc == ENC_IDENT)
+	    && nd->len >= STREAM_MIN) {
 	EmitStringSeg(pl, nd);
 	return;
     }
@@ -2362,10 +2362,10 @@ EmitString(
 }
 
 /*
- * A long base64 string leaf as a segment of its own, encoded a block at a
- * time while the message is sent: the plan then holds the octets (the
- * value's own, or those decoded from it, which the segment takes over)
- * rather than a third larger encoded copy.
+ * A long base64 or identity string leaf as a segment of its own, encoded
+ * a block at a time while the message is sent: the plan then holds the
+ * octets (the value's own, or those decoded from it, which the segment
+ * takes over) rather than a copy, a third larger in base64.
  */
 
 static void
@@ -2389,12 +2389,17 @@ EmitStringSeg(
 		&& nd->bytes == (const unsigned char *) nd->string->bytes);
     }
     sg->count = (Tcl_WideInt) nd->len;
-    sg->enc = ENC_B64;
-    sg->size = B64Size(sg->count);
-    if (sg->size > 0) {
-	pl->size += sg->size;
+    sg->enc = nd->enc;
+    if (nd->enc == ENC_B64) {
+	sg->size = B64Size(sg->count);
 	pl->last = '=';
+    } else {
+	sg->size = nd->scan.identSize;
+	pl->eightbit |= nd->scan.has8bit;
+	pl->last = (nd->scan.lastByte == '\n' || nd->scan.lastByte == '\r')
+		? '\n' : (unsigned char) nd->scan.lastByte;
     }
+    pl->size += sg->size;
 }
 
 static void
@@ -2716,6 +2721,7 @@ WriteBytesSeg(
 	w->started = 1;
 	w->inDone = w->outDone = 0;
 	B64Init(&w->b64);
+	w->id.cr = 0;
     }
     if (sg->own) {
 	p = (const unsigned char *) Tcl_DStringValue(sg->own);
@@ -2734,11 +2740,19 @@ WriteBytesSeg(
 	Tcl_WideInt left = sg->count - w->inDone;
 	size_t n = left < FILE_BLOCK ? (size_t) left : FILE_BLOCK;
 
-	B64Encode(&w->b64, p + w->inDone, n, out);
+	if (sg->enc == ENC_B64) {
+	    B64Encode(&w->b64, p + w->inDone, n, out);
+	} else {
+	    IdEncode(&w->id, p + w->inDone, n, out);
+	}
 	w->inDone += (Tcl_WideInt) n;
     }
     if (w->inDone == sg->count) {
-	B64Finish(&w->b64, out);
+	if (sg->enc == ENC_B64) {
+	    B64Finish(&w->b64, out);
+	} else {
+	    IdFinish(&w->id, out);
+	}
     }
     w->outDone += (Tcl_WideInt) (out->len - start);
     if (w->inDone < sg->count) {
