@@ -532,7 +532,8 @@ SmtpConnPeerIsLoopback(
     SmtpConn *c)
 {
     Tcl_DString ds;
-    int argc, loop = 0;
+    Tcl_Size argc;
+    int loop = 0;
     const char **argv;
 
     Tcl_DStringInit(&ds);
