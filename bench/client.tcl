@@ -36,7 +36,7 @@
 #	once mime's Tcl work is gone (every message then carries the first
 #	one's bytes; never use it for the real table).
 
-package require Tcl 8.6
+package require Tcl 8.6-
 
 lassign $argv impl scenario port datadir count
 if {[llength $argv] != 5} {

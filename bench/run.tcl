@@ -27,7 +27,7 @@
 #	This package is found through TCLLIBPATH (the Makefile points it at
 #	the build directory); tcllib's client runs with TCLLIBPATH removed.
 
-package require Tcl 8.6
+package require Tcl 8.6-
 
 set here [file dirname [file normalize [info script]]]
 
