@@ -169,7 +169,7 @@ if {$impl eq "write"} {
     mime::setheader $tok Date [mime::parsedatetime -now proper]
     mime::setheader $tok Message-ID [mime::uniqueID]
     set f [open $port.tmp w]
-    fconfigure $f -translation crlf -encoding binary
+    fconfigure $f -translation crlf -encoding iso8859-1
     mime::copymessage $tok $f
     close $f
     file rename -force $port.tmp $port
