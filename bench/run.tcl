@@ -784,6 +784,10 @@ foreach s $scenarios {
 set mimeVersion [withoutOurs {
     firstLine [list $tclsh << {puts [package require mime]}]
 }]
+# tcllib's smtp: 1.5.1 in tcllib 1.21, 1.5.2 in tcllib 2.0 (Tcl 9).
+set tcllibSmtpVersion [withoutOurs {
+    firstLine [list $tclsh << {puts [package require smtp 1.5-1.6]}]
+}]
 set commit [firstLine [list git -C $here rev-parse --short HEAD]]
 if {![catch {exec git -C $here status --porcelain -- [file dirname $here]} st]
 	&& $st ne ""} {
@@ -798,7 +802,7 @@ set machine [list \
 	    [expr {[firstLine {getconf _PHYS_PAGES}] * [firstLine {getconf PAGE_SIZE}] >> 20}] MiB RAM" \
     "Load average (1/5/15 min): at start [join $load0 /], at end [join $load1 /]" \
     "Tcl [info patchlevel] ($tclsh); this package: smtp $ourPkg at commit $commit;\
-	    tcllib smtp 1.5.1 with mime $mimeVersion" \
+	    tcllib smtp $tcllibSmtpVersion with mime $mimeVersion" \
     "[firstLine {python3 --version}];\
 	    [lrange [firstLine {curl --version}] 0 1];\
 	    Postfix smtp-source [firstLine {postconf -dh mail_version}]" \
