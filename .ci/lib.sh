@@ -31,12 +31,16 @@ SRC
         -o "Dir::Etc::preferencesparts=$d/etc/preferences.d"
         -o "Dir::State::Lists=$d/lists" -o "Dir::Cache=$d/cache"
         -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+    # Debug::NoLocking: apt's own locks are the system's; clones and jobs
+    # sharing this cache take turns on $d/lock instead (flock).
     if [ ! -f "$d/updated" ]; then
-        apt-get "${CI_APT_OPTS[@]}" update >/dev/null && touch "$d/updated"
+        flock "$d/lock" sh -c '[ -f "$0/updated" ] || {
+            apt-get "$@" update >/dev/null && touch "$0/updated"; }' \
+            "$d" "${CI_APT_OPTS[@]}"
     fi
 }
-ci_apt() { ci_apt_setup; apt-get "${CI_APT_OPTS[@]}" "$@"; }
-ci_apt_cache() { ci_apt_setup; apt-cache "${CI_APT_OPTS[@]}" "$@"; }
+ci_apt() { ci_apt_setup; flock "$CI_CACHE/apt/lock" apt-get "${CI_APT_OPTS[@]}" "$@"; }
+ci_apt_cache() { ci_apt_setup; flock "$CI_CACHE/apt/lock" apt-cache "${CI_APT_OPTS[@]}" "$@"; }
 
 # ci_counts FILE
 #	Prints "PASSED FAILED SKIPPED" from the last closing line

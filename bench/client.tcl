@@ -15,7 +15,9 @@
 #	impl	 "ours": package require smtp, which must be this package (run
 #		 with TCLLIBPATH pointing at the build directory);
 #		 "tcllib": source tcllib's smtp.tcl (BENCH_TCLLIB_SMTP, default
-#		 Debian's tcllib 1.21), which must then be smtp 1.5.1;
+#		 the one beside the mime package loaded: Debian's tcllib 1.21
+#		 under Tcl 8.6, tcllib 2.0 under Tcl 9), which must then be
+#		 smtp 1.5.1 or 1.5.2;
 #		 "write": send nothing, but write the first token with
 #		 mime::copymessage (CRLF lines, not dot-stuffed) to the file
 #		 named in place of the port: the pre-built message that
@@ -36,7 +38,7 @@
 #	once mime's Tcl work is gone (every message then carries the first
 #	one's bytes; never use it for the real table).
 
-package require Tcl 8.6
+package require Tcl 8.6-
 
 lassign $argv impl scenario port datadir count
 if {[llength $argv] != 5} {
@@ -56,14 +58,20 @@ switch -- $impl {
 	}
     }
     tcllib {
+	# tcllib's smtp.tcl beside the mime.tcl loaded (Debian's tcllib 1.21
+	# under Tcl 8.6, tcllib 2.0 under Tcl 9).
 	set path /usr/share/tcltk/tcllib1.21/mime/smtp.tcl
+	if {[regexp {^source (.*)/mime\.tcl$} \
+		[package ifneeded mime [package present mime]] -> mimedir]} {
+	    set path [file join $mimedir smtp.tcl]
+	}
 	if {[info exists env(BENCH_TCLLIB_SMTP)]} {
 	    set path $env(BENCH_TCLLIB_SMTP)
 	}
 	source $path
 	set version [package provide smtp]
-	if {$version ne "1.5.1" || [string match *smtp* [info loaded]]} {
-	    puts stderr "client.tcl: $path is not tcllib's smtp 1.5.1"
+	if {$version ni {1.5.1 1.5.2} || [string match *smtp* [info loaded]]} {
+	    puts stderr "client.tcl: $path is not tcllib's smtp 1.5.1 or 1.5.2"
 	    exit 1
 	}
     }
@@ -182,7 +190,7 @@ if {$impl eq "write"} {
     # scenarios' ASCII and base64 as they are and writes scenario 6's
     # characters in UTF-8.
     fconfigure $f -translation crlf \
-	    -encoding [expr {$scenario == 6 ? "utf-8" : "binary"}]
+	    -encoding [expr {$scenario == 6 ? "utf-8" : "iso8859-1"}]
     mime::copymessage $tok $f
     close $f
     file rename -force $port.tmp $port

@@ -27,7 +27,7 @@
 #	This package is found through TCLLIBPATH (the Makefile points it at
 #	the build directory); tcllib's client runs with TCLLIBPATH removed.
 
-package require Tcl 8.6
+package require Tcl 8.6-
 
 set here [file dirname [file normalize [info script]]]
 
@@ -803,6 +803,10 @@ foreach s $scenarios {
 set mimeVersion [withoutOurs {
     firstLine [list $tclsh << {puts [package require mime]}]
 }]
+# tcllib's smtp: 1.5.1 in tcllib 1.21, 1.5.2 in tcllib 2.0 (Tcl 9).
+set tcllibSmtpVersion [withoutOurs {
+    firstLine [list $tclsh << {puts [package require smtp 1.5-1.6]}]
+}]
 set commit [firstLine [list git -C $here rev-parse --short HEAD]]
 if {![catch {exec git -C $here status --porcelain -- [file dirname $here]} st]
 	&& $st ne ""} {
@@ -817,7 +821,7 @@ set machine [list \
 	    [expr {[firstLine {getconf _PHYS_PAGES}] * [firstLine {getconf PAGE_SIZE}] >> 20}] MiB RAM" \
     "Load average (1/5/15 min): at start [join $load0 /], at end [join $load1 /]" \
     "Tcl [info patchlevel] ($tclsh); this package: smtp $ourPkg at commit $commit;\
-	    tcllib smtp 1.5.1 with mime $mimeVersion" \
+	    tcllib smtp $tcllibSmtpVersion with mime $mimeVersion" \
     "[firstLine {python3 --version}];\
 	    [lrange [firstLine {curl --version}] 0 1];\
 	    Postfix smtp-source [firstLine {postconf -dh mail_version}]" \

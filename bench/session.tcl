@@ -11,7 +11,7 @@
 #
 #	Our package comes from TCLLIBPATH, as with "make bench".
 
-package require Tcl 8.6
+package require Tcl 8.6-
 
 set here [file dirname [file normalize [info script]]]
 array set opt [list -sink bench-out/smtp-sink -messages 10000 -rounds 3 \

@@ -23,7 +23,8 @@ struct SmtpConn {
     Tcl_TimerToken timer;
     SmtpTls *tls;		/* TLS filter, once started. */
     int handshaking;		/* TLS handshake under way. */
-    SmtpBuf net;		/* Ciphertext on its way out. */
+    SmtpBuf net;		/* Ciphertext, or small plaintext writes,
+				 * on their way out (SendNet). */
     SmtpBuf plain;		/* Plaintext decrypted from the server. */
     char err[200];
 };
@@ -165,7 +166,8 @@ ReadSome(
 }
 
 /*
- * Sends the ciphertext the TLS filter has produced.
+ * Hands what is queued in c->net (the TLS filter's ciphertext, or small
+ * plaintext writes) to Tcl.
  */
 
 static void
@@ -352,7 +354,7 @@ SmtpConnPollDirect(
     int ready;
 
     if (c == NULL || c->dead || c->mask == 0 || c->wantWrite
-	    || Tcl_OutputBuffered(c->chan) > 0) {
+	    || Tcl_OutputBuffered(c->chan) > 0 || SmtpBufAvail(&c->net) > 0) {
 	return 0;
     }
     if ((c->mask & TCL_READABLE) && Tcl_InputBuffered(c->chan) > 0) {
@@ -383,8 +385,14 @@ TimerProc(
 
 /*
  * Queues bytes for the server. They leave with the next SmtpConnFlush, so
- * a batch of commands goes out in one write.
+ * a batch of commands goes out in one write. Small writes (commands) are
+ * gathered here and given to Tcl in one Tcl_Write: with Tcl 9's epoll
+ * notifier every Tcl_Write costs two system calls (Tcl updates the
+ * socket's file handler), which made a short message 2.4 times slower
+ * than under Tcl 8.6. Large ones (message data) go to Tcl as they are.
  */
+
+#define SMALL_WRITE	4096
 
 void
 SmtpConnWrite(
@@ -407,6 +415,11 @@ SmtpConnWrite(
 	SendNet(c);
 	return;
     }
+    if (n < SMALL_WRITE) {
+	SmtpBufAppend(&c->net, p, n);
+	return;
+    }
+    SendNet(c);
     if (Tcl_Write(c->chan, (const char *) p, (Tcl_Size) n) < 0) {
 	snprintf(c->err, sizeof(c->err), "error writing to server: %s",
 		Tcl_ErrnoMsg(Tcl_GetErrno()));
@@ -426,6 +439,7 @@ SmtpConnFlush(
     if (c->dead) {
 	return TCL_ERROR;
     }
+    SendNet(c);
     if (c->err[0]) {
 	return TCL_ERROR;
     }
@@ -445,7 +459,8 @@ Tcl_Size
 SmtpConnPending(
     SmtpConn *c)
 {
-    return c->dead ? 0 : Tcl_OutputBuffered(c->chan);
+    return c->dead ? 0
+	    : Tcl_OutputBuffered(c->chan) + (Tcl_Size) SmtpBufAvail(&c->net);
 }
 
 /*
@@ -514,6 +529,8 @@ SmtpConnClose(
 	}
 	SmtpTlsFree(c->tls);
 	c->tls = NULL;
+    } else if (!c->dead) {
+	SendNet(c);		/* Commands queued and not flushed. */
     }
     SmtpBufFree(&c->net);
     SmtpBufFree(&c->plain);
@@ -532,7 +549,8 @@ SmtpConnPeerIsLoopback(
     SmtpConn *c)
 {
     Tcl_DString ds;
-    int argc, loop = 0;
+    Tcl_Size argc;
+    int loop = 0;
     const char **argv;
 
     Tcl_DStringInit(&ds);

@@ -12,6 +12,8 @@
 #include <tcl.h>
 #include <string.h>
 #include <stdlib.h>
+#include <stdarg.h>		/* Tcl 9's tcl.h no longer includes it. */
+#include <limits.h>
 
 #ifndef TCL_SIZE_MAX
 typedef int Tcl_Size;

@@ -109,6 +109,37 @@ BytesObjCmd(
 }
 
 /*
+ * ::smtp::internal::rawstring bytes
+ *
+ * Returns a value whose string form is exactly the given octets, well-formed
+ * UTF-8 or not (what "encoding convertfrom identity" made in Tcl 8.6; Tcl
+ * 9 has no such encoding), for the tests of SmtpGetBytes on malformed
+ * string forms.
+ */
+
+static int
+RawStringObjCmd(
+    void *clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Size len;
+    const unsigned char *p;
+    Tcl_DString scratch;
+
+    (void) clientData;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "bytes");
+	return TCL_ERROR;
+    }
+    p = SmtpGetBytes(objv[1], &len, &scratch);
+    Tcl_SetObjResult(interp, Tcl_NewStringObj((const char *) p, len));
+    Tcl_DStringFree(&scratch);
+    return TCL_OK;
+}
+
+/*
  * ::smtp::internal::replyparse bytes ?chunk?
  *
  * Parses server output fed 'chunk' bytes at a time. Returns a list with
@@ -235,6 +266,8 @@ SmtpTestInit(
 	    BytesObjCmd, (void *) (intptr_t) 1, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::datasize",
 	    BytesObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::smtp::internal::rawstring",
+	    RawStringObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::replyparse",
 	    ReplyParseObjCmd, NULL, NULL);
 }

@@ -22,7 +22,7 @@
 #	it to the build directory); the smtp version and library that get
 #	loaded are printed first.
 
-package require Tcl 8.6
+package require Tcl 8.6-
 package require tcltest 2.5
 
 namespace eval ::alltests {

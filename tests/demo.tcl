@@ -8,7 +8,7 @@
 #	The smtp package is found through TCLLIBPATH (the Makefile points it
 #	at the build directory).
 
-package require Tcl 8.6
+package require Tcl 8.6-
 
 set here [file dirname [file normalize [info script]]]
 

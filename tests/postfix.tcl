@@ -108,7 +108,7 @@
 #	crash, or all.tcl's timeout). Cyrus SASL is a library that smtpd
 #	loads: it has no process, only files in the instance's directory.
 
-package require Tcl 8.6
+package require Tcl 8.6-
 
 namespace eval ::postfix {
     variable daemondir /usr/lib/postfix/sbin

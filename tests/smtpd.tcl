@@ -69,7 +69,9 @@
 #   smtpd::tlsinfo $srv conn          {} before/without TLS, else a dict:
 #                                     done 1, or error MSG when the
 #                                     handshake failed; after done, also
-#                                     the tls::status of the connection.
+#                                     the tls::status of the connection
+#                                     (with "version", the protocol, under
+#                                     tcl-tls 1.7 and 1.8 alike).
 #
 # DEFAULT BEHAVIOUR (a correct, minimal, non-checking SMTP server)
 #
@@ -186,7 +188,7 @@
 #	Read the record with smtpd::loadrecord (or: open FILE, fconfigure
 #	-translation binary, read: the file is one Tcl dict).
 
-package require Tcl 8.6
+package require Tcl 8.6-
 
 namespace eval ::smtpd {
     variable counter 0
@@ -863,7 +865,12 @@ proc ::smtpd::Handshake {srv n then} {
         }
         return
     }
-    set C(tlsinfo) [list done 1 {*}[tls::status $C(chan)]]
+    set st [tls::status $C(chan)]
+    if {![dict exists $st version] && [dict exists $st protocol]} {
+        # tcl-tls 1.7 calls the protocol version "version", 1.8 "protocol".
+        dict set st version [dict get $st protocol]
+    }
+    set C(tlsinfo) [list done 1 {*}$st]
     fileevent $C(chan) readable [list ::smtpd::Readable $srv $n]
     Notify $srv
     {*}$then

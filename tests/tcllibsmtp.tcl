@@ -244,7 +244,12 @@ if {[info exists ::argv0] &&
     # The child process: tcllib's smtp, never this package.
     if {[catch {
         package require mime
-        package require -exact smtp 1.5.1
+        # tcllib 1.21 ships smtp 1.5.1, tcllib 2.0 smtp 1.5.2 (the same
+        # behaviour, marked for Tcl 9): either is tcllib's.
+        set v [package require smtp 1.5.1-1.6]
+        if {$v ni {1.5.1 1.5.2}} {
+            error "tcllib's smtp is $v, not 1.5.1 or 1.5.2"
+        }
         if {[info procs ::smtp::sendmessage] eq ""} {
             error "::smtp::sendmessage is not tcllib's Tcl procedure"
         }
