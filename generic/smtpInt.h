@@ -18,6 +18,26 @@ typedef int Tcl_Size;
 #define TCL_SIZE_MAX INT_MAX
 #endif
 
+/*
+ * The sanitizer and fuzz builds ("make test-sanitize", "make fuzz") define
+ * SMTP_SYSTEM_ALLOC: the package's own blocks then come from malloc, where
+ * AddressSanitizer sees every overflow, use after free and leak, instead of
+ * from Tcl's allocator, which carves them out of larger blocks of its own.
+ * A block Tcl frees for us (Tcl_EventuallyFree with TCL_DYNAMIC) must then
+ * be freed with free() too.
+ */
+
+#ifdef SMTP_SYSTEM_ALLOC
+#undef ckalloc
+#undef ckrealloc
+#undef ckfree
+#define ckalloc(n)	((void *) malloc((size_t) (n) ? (size_t) (n) : 1))
+#define ckrealloc(p, n)	((void *) realloc((p), (size_t) (n) ? (size_t) (n) : 1))
+#define ckfree(p)	free((void *) (p))
+#undef TCL_DYNAMIC
+#define TCL_DYNAMIC	((Tcl_FreeProc *) free)
+#endif
+
 #ifndef PACKAGE_NAME
 #define PACKAGE_NAME "smtp"
 #endif

@@ -1,0 +1,79 @@
+#!/bin/sh
+# tests/sanitize.sh CC COMMAND ARGS...
+#
+#	Runs COMMAND (the test suite, from "make test-sanitize") with the
+#	AddressSanitizer runtime of the compiler CC preloaded, so that tclsh,
+#	which is not built with ASan, can load the package built with
+#	-fsanitize=address,undefined.  Every process the suite starts (test
+#	files, child tclsh, servers) inherits it.  Every report also goes to
+#	a log file; the run fails when COMMAND fails or when any log holds a
+#	report that counts, so that a report in a process whose exit status
+#	no test looks at (a server, a child) fails the run too.
+#
+#	What counts:
+#	- every AddressSanitizer error (overflow, use after free, double
+#	  free ...) and every UndefinedBehaviorSanitizer report, in any
+#	  process: the process aborts at the first one (halt_on_error; the
+#	  package is built with -fno-sanitize-recover=all);
+#	- a leak (LeakSanitizer, at the exit of each process) of which a
+#	  stack frame is in the package (libsmtp*, generic/smtp*.c).  Tcl
+#	  does not free everything at exit but keeps it reachable, so a
+#	  tclsh reports nothing of its own; the package's blocks come from
+#	  malloc in this build (SMTP_SYSTEM_ALLOC), so each one it loses is
+#	  seen.  Leaks of the other programs the suite runs (Python's
+#	  aiosmtpd, the shell, Postfix, openssl) are not the package's and
+#	  are left out, only counted.  A leak does not change a process's
+#	  exit status (exitcode=0; errors abort instead).
+#	ASan's quarantine of freed blocks is 8 MB instead of 256, so that the
+#	tests bounding the package's memory (mime-memory-*) measure the
+#	package and not the quarantine.
+#
+#	SMTP_DETECT_LEAKS=0 turns leak checking off.
+set -u
+cc=$1; shift
+
+rt=$("$cc" -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
+if [ ! -f "$rt" ]; then
+    rt=$("$cc" -print-file-name=libasan.so 2>/dev/null)
+fi
+if [ ! -f "$rt" ]; then
+    echo "sanitize.sh: no ASan runtime found for $cc (Debian: libclang-rt-14-dev)" >&2
+    exit 1
+fi
+logs=$(mktemp -d "${TMPDIR:-/tmp}/smtp-sanitize.XXXXXX")
+
+LD_PRELOAD=$rt
+ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:exitcode=0:disable_coredump=1"
+ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=${SMTP_DETECT_LEAKS:-1}:log_path=$logs/asan"
+ASAN_OPTIONS="$ASAN_OPTIONS:quarantine_size_mb=8:malloc_context_size=20"
+ASAN_OPTIONS="$ASAN_OPTIONS:allocator_may_return_null=1:detect_odr_violation=0"
+UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path=$logs/ubsan"
+SMTP_SANITIZE=1
+export LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS SMTP_SANITIZE
+
+"$@"
+rc=$?
+unset LD_PRELOAD
+
+bad=0 other=0
+for f in "$logs"/*; do
+    [ -f "$f" ] || continue
+    if grep -q 'ERROR: LeakSanitizer' "$f" \
+        && ! grep -q 'ERROR: AddressSanitizer\|runtime error' "$f" \
+        && ! grep -q 'libsmtp\|generic/smtp[A-Za-z]*\.c' "$f"; then
+        other=$((other + 1))
+        continue
+    fi
+    bad=$((bad + 1))
+    echo "==== sanitizer report: $f"
+    cat "$f"
+done
+rm -rf "$logs"
+if [ "$other" -gt 0 ]; then
+    echo "sanitize.sh: $other leak report(s) of other programs (not the package) left out"
+fi
+if [ "$bad" -gt 0 ]; then
+    echo "sanitize.sh: $bad sanitizer report(s) (above): failing" >&2
+    [ "$rc" != 0 ] || rc=1
+fi
+exit $rc
