@@ -64,7 +64,17 @@ void		SmtpBufAppend(SmtpBuf *b, const void *p, size_t n);
 void		SmtpBufAppendStr(SmtpBuf *b, const char *s);
 void		SmtpBufConsume(SmtpBuf *b, size_t n);
 #define SmtpBufAvail(b)	((b)->len - (b)->pos)
-#define SmtpBufPtr(b)	((b)->data + (b)->pos)
+
+/*
+ * The unread bytes. A buffer that never held a byte has no data (NULL),
+ * and NULL + 0 is undefined in C: an empty buffer gives an empty string
+ * instead, so that any buffer can be passed on as pointer and length.
+ * After SmtpBufReserve (even of 0 bytes) data is never NULL, so writing at
+ * data + len is safe too.
+ */
+
+#define SmtpBufPtr(b)	((b)->data ? (const unsigned char *) (b)->data \
+			+ (b)->pos : (const unsigned char *) "")
 
 /*
  * smtpReply.c: a server reply, possibly of several lines.

@@ -2627,7 +2627,7 @@ WriterRead(
 	    if (n > room) {
 		n = room;
 	    }
-	    SmtpBufAppend(out, sg->lit.data + w->litPos, n);
+	    SmtpBufAppend(out, SmtpBufPtr(&sg->lit) + w->litPos, n);
 	    w->litPos += n;
 	    if (w->litPos == sg->lit.len) {
 		SmtpBufFree(&sg->lit);
