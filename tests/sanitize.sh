@@ -1,59 +1,46 @@
 #!/bin/sh
-# tests/sanitize.sh CC COMMAND ARGS...
+# tests/sanitize.sh COMMAND ARGS...
 #
-#	Runs COMMAND (the test suite, from "make test-sanitize") with the
-#	AddressSanitizer runtime of the compiler CC preloaded, so that tclsh,
-#	which is not built with ASan, can load the package built with
-#	-fsanitize=address,undefined.  Every process the suite starts (test
-#	files, child tclsh, servers) inherits it.  Every report also goes to
-#	a log file; the run fails when COMMAND fails or when any log holds a
-#	report that counts, so that a report in a process whose exit status
-#	no test looks at (a server, a child) fails the run too.
+#	Runs COMMAND (the test suite, from "make test-sanitize", in the tclsh
+#	built with the sanitizers, tests/sanitize-tclsh.c) with the options
+#	below.  Every sanitizer report also goes to a log file; the run fails
+#	when COMMAND fails or when any log was written, so that a report in a
+#	process whose exit status no test looks at (a server in a child
+#	tclsh) fails the run too.
 #
 #	What counts:
 #	- every AddressSanitizer error (overflow, use after free, double
 #	  free ...) and every UndefinedBehaviorSanitizer report, in any
-#	  process: the process aborts at the first one (halt_on_error; the
-#	  package is built with -fno-sanitize-recover=all);
+#	  process that runs the package: it aborts at the first one
+#	  (halt_on_error; the package is built with -fno-sanitize-recover=all);
 #	- a leak (LeakSanitizer) of any block: the package's blocks come from
 #	  malloc in this build (SMTP_SYSTEM_ALLOC), so each one it loses is
 #	  seen.  The check runs when Tcl exits (an exit handler of the
 #	  package's, generic/smtp.c), in each process that loaded the
-#	  package, and nowhere else (leak_check_at_exit=0): the other
-#	  programs the suite starts (Python's aiosmtpd, the shell, Postfix,
-#	  openssl) have leaks of their own that are not ours.  Tcl keeps its
-#	  own memory reachable at exit, so a tclsh reports nothing of Tcl's.
-#	  A process killed by a signal is not checked.
+#	  package, and nowhere else (leak_check_at_exit=0: a tclsh of the
+#	  tests that never loads the package, such as smtpd.tcl's server, is
+#	  not checked; the other programs, Python, Postfix, Dovecot, run
+#	  without the sanitizers).  Tcl keeps its own memory reachable at
+#	  exit, so a tclsh reports nothing of Tcl's.  A process killed by a
+#	  signal is not checked.
 #	ASan's quarantine of freed blocks is 8 MB instead of 256, so that the
 #	tests bounding the package's memory (mime-memory-*) measure the
 #	package and not the quarantine.
 #
 #	SMTP_DETECT_LEAKS=0 turns leak checking off.
 set -u
-cc=$1; shift
-
-rt=$("$cc" -print-file-name=libclang_rt.asan-x86_64.so 2>/dev/null)
-if [ ! -f "$rt" ]; then
-    rt=$("$cc" -print-file-name=libasan.so 2>/dev/null)
-fi
-if [ ! -f "$rt" ]; then
-    echo "sanitize.sh: no ASan runtime found for $cc (Debian: libclang-rt-14-dev)" >&2
-    exit 1
-fi
 logs=$(mktemp -d "${TMPDIR:-/tmp}/smtp-sanitize.XXXXXX")
 
-LD_PRELOAD=$rt
 ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:exitcode=23:disable_coredump=1"
 ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=${SMTP_DETECT_LEAKS:-1}:leak_check_at_exit=0"
 ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$logs/asan"
 ASAN_OPTIONS="$ASAN_OPTIONS:quarantine_size_mb=8:malloc_context_size=20"
 ASAN_OPTIONS="$ASAN_OPTIONS:detect_odr_violation=0"
 UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path=$logs/ubsan"
-export LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS
+export ASAN_OPTIONS UBSAN_OPTIONS
 
 "$@"
 rc=$?
-unset LD_PRELOAD
 
 bad=0
 for f in "$logs"/*; do
