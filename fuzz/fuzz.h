@@ -35,14 +35,24 @@ FuzzTclInit(void)
     static int done = 0;
 
     if (!done) {
+#if TCL_MAJOR_VERSION > 8
+	/* Tcl 9 keeps its script library in a zip archive of libtcl. */
+	static char name[] = "fuzz", *args[] = {name, NULL};
+	int argc = 1;
+	char **argv = args;
+
+	TclZipfs_AppHook(&argc, &argv);
+#else
 	Tcl_FindExecutable(NULL);
+#endif
 	done = 1;
     }
 }
 
 /*
  * An interpreter with Tcl's library and, when 'mime' is set, tcllib's mime
- * package loaded; made once, kept for the whole run.
+ * package loaded (found on auto_path: TCLLIBPATH adds to it); made once,
+ * kept for the whole run.
  */
 
 static inline Tcl_Interp *

@@ -17,6 +17,10 @@ main(
     int argc,
     char **argv)
 {
+#if TCL_MAJOR_VERSION > 8
+    /* Tcl 9 keeps its script library in a zip archive of libtcl. */
+    TclZipfs_AppHook(&argc, &argv);
+#endif
     Tcl_Main(argc, argv, Tcl_Init);
     return 0;
 }
