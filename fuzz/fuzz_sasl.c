@@ -10,7 +10,8 @@
  *	reply), separated by "\n~\n"; the last one is the additional data of
  *	the final 235 (SmtpSaslFinish), none when empty. The credentials and
  *	the client nonces are fixed, so that seeds can hold server messages
- *	that get through to the later steps.
+ *	that get through to the later steps; "plain" in lower case adds an
+ *	authorization identity, "ntlm" a domain.
  *
  *	Checked besides memory and UB: the initial response is the same each
  *	time it is asked for, and no error message holds the password or the
