@@ -29,6 +29,8 @@ SmtpBufFree(
 /*
  * Makes room for at least 'more' bytes after the end. Consumed bytes at the
  * front are reclaimed first, so a buffer used as a queue does not grow.
+ * Afterwards b->data is never NULL, even when 'more' is 0: callers write
+ * at b->data + b->len.
  */
 
 void
@@ -44,7 +46,7 @@ SmtpBufReserve(
 	b->pos = 0;
     }
     need = b->len + more;
-    if (need <= b->cap) {
+    if (need <= b->cap && b->data != NULL) {
 	return;
     }
     ncap = b->cap ? b->cap : 256;

@@ -20,6 +20,26 @@ typedef int Tcl_Size;
 #define TCL_SIZE_MAX INT_MAX
 #endif
 
+/*
+ * The sanitizer and fuzz builds ("make test-sanitize", "make fuzz") define
+ * SMTP_SYSTEM_ALLOC: the package's own blocks then come from malloc, where
+ * AddressSanitizer sees every overflow, use after free and leak, instead of
+ * from Tcl's allocator, which carves them out of larger blocks of its own.
+ * A block Tcl frees for us (Tcl_EventuallyFree with TCL_DYNAMIC) must then
+ * be freed with free() too.
+ */
+
+#ifdef SMTP_SYSTEM_ALLOC
+#undef ckalloc
+#undef ckrealloc
+#undef ckfree
+#define ckalloc(n)	((void *) malloc((size_t) (n) ? (size_t) (n) : 1))
+#define ckrealloc(p, n)	((void *) realloc((p), (size_t) (n) ? (size_t) (n) : 1))
+#define ckfree(p)	free((void *) (p))
+#undef TCL_DYNAMIC
+#define TCL_DYNAMIC	((Tcl_FreeProc *) free)
+#endif
+
 #ifndef PACKAGE_NAME
 #define PACKAGE_NAME "smtp"
 #endif
@@ -46,7 +66,17 @@ void		SmtpBufAppend(SmtpBuf *b, const void *p, size_t n);
 void		SmtpBufAppendStr(SmtpBuf *b, const char *s);
 void		SmtpBufConsume(SmtpBuf *b, size_t n);
 #define SmtpBufAvail(b)	((b)->len - (b)->pos)
-#define SmtpBufPtr(b)	((b)->data + (b)->pos)
+
+/*
+ * The unread bytes. A buffer that never held a byte has no data (NULL),
+ * and NULL + 0 is undefined in C: an empty buffer gives an empty string
+ * instead, so that any buffer can be passed on as pointer and length.
+ * After SmtpBufReserve (even of 0 bytes) data is never NULL, so writing at
+ * data + len is safe too.
+ */
+
+#define SmtpBufPtr(b)	((b)->data ? (const unsigned char *) (b)->data \
+			+ (b)->pos : (const unsigned char *) "")
 
 /*
  * smtpReply.c: a server reply, possibly of several lines.

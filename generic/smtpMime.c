@@ -1375,6 +1375,21 @@ HasPrefix(
     return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+/*
+ * Is the content type 'type' (perhaps with parameters) exactly 'name'?
+ */
+
+static int
+IsType(
+    const char *type,
+    const char *name)
+{
+    size_t n = strlen(name);
+
+    return strncmp(type, name, n) == 0 && (type[n] == '\0'
+	    || type[n] == ';' || type[n] == ' ' || type[n] == '\t');
+}
+
 static int Walk(Plan *pl, Tcl_Obj *token, int depth, Node **out);
 
 /*
@@ -1860,6 +1875,15 @@ DecideLeaf(
     Scan *s = &nd->scan;
     int composite = HasPrefix(type, "multipart/")
 	    || HasPrefix(type, "message/");
+    /*
+     * Types whose content RFC 2045 6.4 and RFC 2046 5.2 allow in an
+     * identity encoding only: content of theirs that SMTP cannot carry is
+     * still sent as it is. Other message/ types (delivery-status ...)
+     * are encoded like any leaf.
+     */
+    int identOnly = HasPrefix(type, "multipart/")
+	    || IsType(type, "message/rfc822") || IsType(type, "message/partial")
+	    || IsType(type, "message/external-body");
     int unsafe = s->hasNul || s->maxLine > LINE_MAX_OCTETS;
     int identity = !strcmp(decl, "7bit") || !strcmp(decl, "8bit")
 	    || !strcmp(decl, "binary");
@@ -1874,7 +1898,7 @@ DecideLeaf(
 	return;
     }
     if (identity) {
-	if (unsafe && !composite) {
+	if (unsafe && !identOnly) {
 	    nd->enc = nd->text ? ENC_QP : ENC_B64;
 	} else {
 	    nd->enc = ENC_IDENT;
@@ -1905,7 +1929,7 @@ DecideLeaf(
     } else {
 	nd->enc = (s->notAscii || s->notLine) ? ENC_B64 : ENC_IDENT;
     }
-    if (nd->enc == ENC_IDENT && !composite && (unsafe || s->hasBareCR)) {
+    if (nd->enc == ENC_IDENT && !identOnly && (unsafe || s->hasBareCR)) {
 	nd->enc = nd->text ? ENC_QP : ENC_B64;
     }
     switch (nd->enc) {
@@ -2788,7 +2812,7 @@ WriterRead(
 	    if (n > room) {
 		n = room;
 	    }
-	    SmtpBufAppend(out, lit->data + w->litPos, n);
+	    SmtpBufAppend(out, SmtpBufPtr(lit) + w->litPos, n);
 	    w->litPos += n;
 	    if (w->litPos == lit->len) {
 		SmtpBufFree(&sg->lit);

@@ -1739,10 +1739,26 @@ OfferedMechanisms(
 		    e++;
 		}
 		if (e > q) {
-		    Tcl_Obj *m = Tcl_NewStringObj(q, (Tcl_Size) (e - q));
+		    /*
+		     * ASCII letters only (SASL names are ASCII): the server's
+		     * bytes need not be UTF-8, and Tcl_UtfToUpper writes past
+		     * the end of a string that ends inside a sequence.
+		     */
 
-		    Tcl_SetObjLength(m, Tcl_UtfToUpper(Tcl_GetString(m)));
-		    Tcl_ListObjAppendElement(NULL, r, m);
+		    Tcl_DString ds;
+		    char *b;
+		    Tcl_Size k;
+
+		    Tcl_DStringInit(&ds);
+		    b = Tcl_DStringAppend(&ds, q, (Tcl_Size) (e - q));
+		    for (k = 0; k < Tcl_DStringLength(&ds); k++) {
+			if (b[k] >= 'a' && b[k] <= 'z') {
+			    b[k] = (char) (b[k] - 'a' + 'A');
+			}
+		    }
+		    Tcl_ListObjAppendElement(NULL, r, Tcl_NewStringObj(b,
+			    Tcl_DStringLength(&ds)));
+		    Tcl_DStringFree(&ds);
 		}
 		q = e;
 	    }
