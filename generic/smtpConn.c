@@ -17,6 +17,7 @@ struct SmtpConn {
     const SmtpConnEvents *ev;
     void *cd;
     int connecting;		/* Async connect not yet completed. */
+    int checking;		/* ConnectDone is asking Tcl for -error. */
     int mask;			/* Events the channel handler watches. */
     int wantWrite;		/* Core asked to hear when writable. */
     int dead;			/* Closed; no more callbacks. */
@@ -104,10 +105,17 @@ ConnectDone(
     Tcl_DString ds;
     const char *err;
 
+    /*
+     * Tcl 9 finishes the connect inside this query and notifies the
+     * channel from there: ChannelProc ignores that nested call, or the
+     * core would hear of the connection twice (and owe two greetings).
+     */
     Tcl_DStringInit(&ds);
+    c->checking = 1;
     if (Tcl_GetChannelOption(NULL, c->chan, "-error", &ds) != TCL_OK) {
 	Tcl_DStringSetLength(&ds, 0);
     }
+    c->checking = 0;
     err = Tcl_DStringValue(&ds);
     if (*err) {
 	snprintf(c->err, sizeof(c->err), "couldn't open socket: %s", err);
@@ -316,6 +324,9 @@ ChannelProc(
 {
     SmtpConn *c = (SmtpConn *) cd;
 
+    if (c->checking) {
+	return;
+    }
     Tcl_Preserve(c);
     if (c->connecting) {
 	if (mask & TCL_WRITABLE) {
