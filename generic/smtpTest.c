@@ -237,4 +237,5 @@ SmtpTestInit(
 	    BytesObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::replyparse",
 	    ReplyParseObjCmd, NULL, NULL);
+    SmtpPlatformTestInit(interp);
 }
