@@ -172,9 +172,13 @@ LoadSystemStore(
     PCCERT_CONTEXT cc = NULL;
     int n = 0;
 
+    /*
+     * Not CERT_STORE_OPEN_EXISTING_FLAG: the user's part of the store
+     * need not exist (a new Wine prefix has no user ROOT store), and the
+     * machine's certificates come through the user's view only.
+     */
     hs = CertOpenStore(CERT_STORE_PROV_SYSTEM_A, 0, 0,
-	    CERT_SYSTEM_STORE_CURRENT_USER | CERT_STORE_READONLY_FLAG
-	    | CERT_STORE_OPEN_EXISTING_FLAG, name);
+	    CERT_SYSTEM_STORE_CURRENT_USER | CERT_STORE_READONLY_FLAG, name);
     if (hs == NULL) {
 	return -1;
     }
@@ -333,8 +337,13 @@ WinStoreObjCmd(
 	int len = i2d_X509(x, &der);
 	HCERTSTORE hs = NULL;
 
+	/*
+	 * The user's registry part of the system store only, not the
+	 * collection that CERT_STORE_PROV_SYSTEM opens: Wine does not
+	 * pass a deletion through a collection to where it is kept.
+	 */
 	if (len > 0) {
-	    hs = CertOpenStore(CERT_STORE_PROV_SYSTEM_A, 0, 0,
+	    hs = CertOpenStore(CERT_STORE_PROV_SYSTEM_REGISTRY_A, 0, 0,
 		    CERT_SYSTEM_STORE_CURRENT_USER, name);
 	}
 	if (hs == NULL) {
