@@ -170,9 +170,13 @@ proc ::smtpcase::tcllib::Readable {} {
     }
 }
 
-# Starts the child, with TCLLIBPATH removed from its environment so that
-# it finds Debian's tcllib and not this package.  Returns tcllib's smtp
-# version and load script; an error when it cannot be loaded.
+# Starts the child, with the directories that hold this package (their
+# pkgIndex.tcl provides smtp) removed from TCLLIBPATH, so that it finds
+# tcllib's smtp and not this package: tcllib is where the tclsh looks by
+# itself (Debian) or in what stays on TCLLIBPATH (a tclsh without tcllib
+# of its own, such as the Windows one the suite runs under Wine).
+# Returns tcllib's smtp version and load script; an error when it cannot
+# be loaded.
 proc ::smtpcase::tcllib::start {} {
     variable script
     variable chan
@@ -180,7 +184,23 @@ proc ::smtpcase::tcllib::start {} {
     set had [info exists ::env(TCLLIBPATH)]
     if {$had} {
         set saved $::env(TCLLIBPATH)
-        unset ::env(TCLLIBPATH)
+        set keep {}
+        foreach d $saved {
+            set idx ""
+            catch {
+                set f [open [file join $d pkgIndex.tcl]]
+                set idx [read $f]
+                close $f
+            }
+            if {![regexp {package\s+ifneeded\s+smtp\s} $idx]} {
+                lappend keep $d
+            }
+        }
+        if {[llength $keep]} {
+            set ::env(TCLLIBPATH) $keep
+        } else {
+            unset ::env(TCLLIBPATH)
+        }
     }
     set code [catch {
         open |[list [info nameofexecutable] $script 2>@stderr] r+
@@ -221,7 +241,11 @@ proc ::smtpcase::tcllib::Kill {} {
         return
     }
     foreach p [pid $chan] {
-        catch {exec kill -KILL $p}
+        if {$::tcl_platform(platform) eq "windows"} {
+            catch {exec taskkill /F /PID $p}
+        } else {
+            catch {exec kill -KILL $p}
+        }
     }
     catch {close $chan}
     set chan ""
