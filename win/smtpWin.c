@@ -155,16 +155,16 @@ SmtpPlatformConnectNumeric(
 }
 
 /*
- * Adds the certificates of the current user's view of the system store
- * 'name' (which includes the machine's) to 'store'. With 'intermediates'
+ * Appends the certificates of the current user's view of the system store
+ * 'name' (which includes the machine's) to 'sk'. With 'intermediates'
  * (the "CA" store), self-signed certificates are left out: OpenSSL would
  * take them as trust anchors, Windows takes only those in "ROOT".
- * Returns the number added, or -1 when the store cannot be opened.
+ * Returns the number appended, or -1 when the store cannot be opened.
  */
 
 static int
 LoadSystemStore(
-    X509_STORE *store,
+    STACK_OF(X509) *sk,
     const char *name,
     int intermediates)
 {
@@ -194,18 +194,12 @@ LoadSystemStore(
 	if (x == NULL) {
 	    continue;
 	}
-	if (intermediates && X509_check_issued(x, x) == X509_V_OK) {
+	if ((intermediates && X509_check_issued(x, x) == X509_V_OK)
+		|| !sk_X509_push(sk, x)) {
 	    X509_free(x);
 	    continue;
 	}
-	/*
-	 * A certificate already there (the same one in both stores) is
-	 * no error worth keeping.
-	 */
-	if (X509_STORE_add_cert(store, x)) {
-	    n++;
-	}
-	X509_free(x);
+	n++;
     }
     ERR_clear_error();
     CertCloseStore(hs, 0);
@@ -213,23 +207,97 @@ LoadSystemStore(
 }
 
 /*
+ * Adds every certificate of 'sk' to 'store'; returns how many were added
+ * (one already there, the same in both system stores, is no error worth
+ * keeping).
+ */
+
+static int
+AddAll(
+    X509_STORE *store,
+    STACK_OF(X509) *sk)
+{
+    int i, n = 0;
+
+    for (i = 0; i < sk_X509_num(sk); i++) {
+	if (X509_STORE_add_cert(store, sk_X509_value(sk, i))) {
+	    n++;
+	}
+    }
+    ERR_clear_error();
+    return n;
+}
+
+/*
+ * The system's certificates, read once and kept for SYSTEM_CAS_MAX_AGE
+ * seconds: reading the stores costs about half a second under Wine
+ * (149 certificates, on a loaded machine), more than a connection.
+ * Guarded by systemCAsMutex; freed when the process exits.
+ */
+
+#define SYSTEM_CAS_MAX_AGE 300
+
+TCL_DECLARE_MUTEX(systemCAsMutex)
+static STACK_OF(X509) *systemCAs = NULL;
+static __time64_t systemCAsTime;
+static int systemCAsExitHandler = 0;
+
+static void
+FreeSystemCAs(
+    void *clientData)
+{
+    (void) clientData;
+    Tcl_MutexLock(&systemCAsMutex);
+    sk_X509_pop_free(systemCAs, X509_free);
+    systemCAs = NULL;
+    Tcl_MutexUnlock(&systemCAsMutex);
+}
+
+/*
  * The default trust when neither -cafile nor -cadir is given: the
  * Windows "ROOT" store (trusted roots) and "CA" store (intermediate
  * authorities, which complete chains whose server leaves them out).
- * Returns the number of certificates added.
+ * Returns the number of certificates added to 'store'. With 'fresh',
+ * the stores are read again whatever the age of what is kept.
  */
+
+static int
+SystemCAs(
+    X509_STORE *store,
+    int fresh)
+{
+    __time64_t now = _time64(NULL);
+    int n = 0;
+
+    Tcl_MutexLock(&systemCAsMutex);
+    if (systemCAs == NULL || fresh || now < systemCAsTime
+	    || now - systemCAsTime > SYSTEM_CAS_MAX_AGE) {
+	STACK_OF(X509) *sk = sk_X509_new_null();
+
+	if (sk != NULL) {
+	    (void) LoadSystemStore(sk, "ROOT", 0);
+	    (void) LoadSystemStore(sk, "CA", 1);
+	    sk_X509_pop_free(systemCAs, X509_free);
+	    systemCAs = sk;
+	    systemCAsTime = now;
+	    if (!systemCAsExitHandler) {
+		systemCAsExitHandler = 1;
+		Tcl_CreateExitHandler(FreeSystemCAs, NULL);
+	    }
+	}
+    }
+    if (systemCAs != NULL) {
+	n = AddAll(store, systemCAs);
+    }
+    Tcl_MutexUnlock(&systemCAsMutex);
+    return n;
+}
 
 int
 SmtpPlatformSystemCAs(
     struct x509_store_st *store)
 {
-    int n = 0, k;
-
-    k = LoadSystemStore(store, "ROOT", 0);
-    n += k > 0 ? k : 0;
-    k = LoadSystemStore(store, "CA", 1);
-    n += k > 0 ? k : 0;
-    return n;
+    return SystemCAs(store, 0);
 }
 
 /*
@@ -244,7 +312,8 @@ SmtpPlatformSystemCAs(
  *				"CA" (CA 1) into an empty OpenSSL store and
  *				verifies the certificate against it: returns
  *				{count ok} or {count {error text}}
- *   winstore system PEM	the same with what SmtpPlatformSystemCAs loads
+ *   winstore system PEM	the same with what SmtpPlatformSystemCAs loads,
+ *				read from the stores afresh
  */
 
 static X509 *
@@ -313,8 +382,16 @@ WinStoreObjCmd(
 	    Tcl_SetObjResult(interp, Tcl_NewStringObj("out of memory", -1));
 	} else if (sub == SUB_SYSTEM || Tcl_GetBooleanFromObj(interp,
 		objv[3], &ca) == TCL_OK) {
-	    n = sub == SUB_SYSTEM ? SmtpPlatformSystemCAs(store)
-		    : LoadSystemStore(store, name, ca);
+	    STACK_OF(X509) *sk = NULL;
+
+	    if (sub == SUB_SYSTEM) {
+		n = SystemCAs(store, 1);
+	    } else if ((sk = sk_X509_new_null()) == NULL) {
+		n = -1;
+	    } else if ((n = LoadSystemStore(sk, name, ca)) >= 0) {
+		n = AddAll(store, sk);
+	    }
+	    sk_X509_pop_free(sk, X509_free);
 	    if (n < 0) {
 		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 			"cannot open system store \"%s\"", name));
