@@ -214,7 +214,9 @@ proc ::smtpcase::tcllib::start {} {
         error $c
     }
     fconfigure $chan -translation binary -blocking 0
-    set r [Receive 20000]
+    # Generous: a tclsh under Wine takes seconds to start and longer to
+    # read tcllib's package indexes (about 30 s on a loaded machine).
+    set r [Receive 120000]
     if {[lindex $r 0] ne "ready"} {
         stop
         error "tcllib child: [lindex $r 1]"
