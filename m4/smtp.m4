@@ -348,7 +348,7 @@ On Debian/Ubuntu: apt-get install libssl-dev.  Elsewhere use --with-openssl=DIR.
     fi
     smtp_ssl_x=
     for smtp_l in $smtp_ssl_private; do
-	case " $OPENSSL_LIBS " in *" $smtp_l "*) ;; *) smtp_ssl_x="$smtp_ssl_x $smtp_l" ;; esac
+	case " $OPENSSL_LIBS $smtp_ssl_x " in *" $smtp_l "*) ;; *) smtp_ssl_x="$smtp_ssl_x $smtp_l" ;; esac
     done
     smtp_ssl_private=$smtp_ssl_x
     if test -z "$smtp_ssl_private" && test "x$smtp_windows" = xyes; then
