@@ -80,6 +80,8 @@ proc ::smtpcase::run {case} {
         flush stderr
         chan pop stderr
     }
+    # The transform sees stderr's line ends, CR LF on Windows.
+    set captured [string map {\r\n \n} $captured]
     set after [headers $tok]
     mime::finalize $tok -subordinates all
     return [dict create code $code result $res \
