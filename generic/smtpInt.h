@@ -40,6 +40,22 @@ typedef int Tcl_Size;
 #define TCL_DYNAMIC	((Tcl_FreeProc *) free)
 #endif
 
+/*
+ * Tcl 8.6.13's tclDecls.h (fixed in 8.6.16's), on Win64 with stubs,
+ * replaces Tcl_GetTime by a macro meant for Cygwin64 callers: it
+ * overlays the Tcl_Time on a 64-bit integer, and since a Win64 Tcl_Time
+ * (two 32-bit longs) fills all of it, the macro always copies the seconds
+ * into usec. Calling the stub entry directly is right for every Win64
+ * Tcl 8 that is not Cygwin's (Tcl_Time has 32-bit longs both in tcl86.dll
+ * and here), whether the headers have the bug or not.
+ */
+
+#if defined(_WIN64) && !defined(__CYGWIN__) && defined(USE_TCL_STUBS) \
+	&& TCL_MAJOR_VERSION == 8
+#undef Tcl_GetTime
+#define Tcl_GetTime(timePtr) (tclStubsPtr->tcl_GetTime(timePtr))
+#endif
+
 #ifndef PACKAGE_NAME
 #define PACKAGE_NAME "smtp"
 #endif
@@ -344,6 +360,9 @@ void		SmtpPlatformNoDelay(Tcl_Channel chan);
 int		SmtpPlatformDate(char *buf, size_t size);
 int		SmtpPlatformPoll(Tcl_Channel chan, int mask, long usec);
 Tcl_Channel	SmtpPlatformConnectNumeric(const char *host, int port);
+struct x509_store_st;
+int		SmtpPlatformSystemCAs(struct x509_store_st *store);
+void		SmtpPlatformTestInit(Tcl_Interp *interp);
 
 /*
  * smtpCmd.c.

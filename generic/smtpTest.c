@@ -270,4 +270,5 @@ SmtpTestInit(
 	    RawStringObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::smtp::internal::replyparse",
 	    ReplyParseObjCmd, NULL, NULL);
+    SmtpPlatformTestInit(interp);
 }

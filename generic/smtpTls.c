@@ -239,6 +239,25 @@ SmtpTlsCheckOptions(
 }
 
 /*
+ * The trust when neither -cafile nor -cadir is given: OpenSSL's default
+ * paths (SSL_CERT_FILE, SSL_CERT_DIR, its compiled-in directory) and, on
+ * Windows, the system's certificate stores, which are only read when
+ * the peer is to be verified.
+ */
+
+static void
+DefaultVerifyPaths(
+    SSL_CTX *ctx,
+    int require)
+{
+    SSL_CTX_set_default_verify_paths(ctx);
+    if (require) {
+	(void) SmtpPlatformSystemCAs(SSL_CTX_get_cert_store(ctx));
+    }
+    ERR_clear_error();
+}
+
+/*
  * Builds the TLS context for a send. Returns NULL with an error in the
  * interpreter. *requirePtr tells whether the peer is verified;
  * *servernamePtr receives -servername, if given (not owned).
@@ -308,10 +327,10 @@ SmtpTlsContext(
 	    goto fail;
 	}
 	if (!cafile && !cadir) {
-	    SSL_CTX_set_default_verify_paths(ctx);
+	    DefaultVerifyPaths(ctx, require);
 	}
     } else {
-	SSL_CTX_set_default_verify_paths(ctx);
+	DefaultVerifyPaths(ctx, require);
     }
     if (v[TO_CIPHER] && Tcl_GetCharLength(v[TO_CIPHER]) > 0
 	    && !SSL_CTX_set_cipher_list(ctx, Tcl_GetString(v[TO_CIPHER]))) {

@@ -25,12 +25,15 @@ AC_DEFUN([SMTP_MULTIARCH], [
 ])
 
 # SMTP_TCLSH_PROBE(TCLSH, SCRIPT)
-#	Runs SCRIPT in TCLSH and puts its output in smtp_probe.  Reads the
-#	script from standard input so that no temporary file is needed.
+#	Runs SCRIPT in TCLSH and puts its output in smtp_probe.  The script
+#	goes in a file (conftest.tcl), not on standard input: a Windows
+#	tclsh under Wine does not reliably run a script piped to it.
 #	SCRIPT goes inside single quotes; write Tcl's brackets as the
 #	quadrigraphs @<:@ and @:>@.
 AC_DEFUN([SMTP_TCLSH_PROBE], [
-    smtp_probe=`echo '$2' | "$1" 2>/dev/null`
+    echo '$2' > conftest.tcl
+    smtp_probe=`"$1" conftest.tcl 2>/dev/null </dev/null | tr -d '\\r'`
+    rm -f conftest.tcl
 ])
 
 # SMTP_TRY_TCLCONFIG(FILE)
@@ -114,6 +117,10 @@ Give the directory that contains tclConfig.sh, e.g.
 	smtp_sh=$with_tclsh
 	if test -z "$smtp_sh" || test "x$smtp_sh" = xyes || test "x$smtp_sh" = xno; then
 	    smtp_sh=tclsh
+	fi
+	# Not when cross-compiling: this machine's tclsh knows only its own Tcl.
+	if test "x$cross_compiling" = xyes && test "x$smtp_sh" = xtclsh; then
+	    smtp_sh=
 	fi
 	if test -n "$smtp_sh" && (command -v "$smtp_sh") >/dev/null 2>&1; then
 	    SMTP_TCLSH_PROBE([$smtp_sh], [puts $tcl_version])
@@ -228,7 +235,9 @@ AC_DEFUN([SMTP_ARG_TCLSH], [
 
 # SMTP_TCLSH
 #	Finds the tclsh that "make test" and "make demo" run: --with-tclsh=PATH,
-#	else tclshX.Y or tclsh on PATH (and in Tcl's bin directory).  Not
+#	else tclshX.Y or tclsh on PATH (and in Tcl's bin directory); when
+#	cross-compiling never this machine's tclsh, but what SMTP_WIN_TCLSH
+#	finds (a Windows tclsh under Wine) or none.  Not
 #	fatal when missing: only those targets need it.  Warns when its Tcl
 #	version is not the one the extension is built for (such a tclsh
 #	could not load it).
@@ -246,11 +255,15 @@ AC_DEFUN([SMTP_TCLSH], [
 	    TCLSH=$smtp_t
 	fi
 	AC_MSG_RESULT([$TCLSH])
+    elif test "x$cross_compiling" = xyes; then
+	SMTP_WIN_TCLSH
     else
 	AC_PATH_PROGS([TCLSH], [tclsh$TCL_VERSION tclsh], [],
 	    [$PATH$PATH_SEPARATOR$TCL_EXEC_PREFIX/bin])
     fi
-    if test -z "$TCLSH"; then
+    if test -z "$TCLSH" && test "x$cross_compiling" = xyes; then
+	TCLSH=none
+    elif test -z "$TCLSH"; then
 	AC_MSG_WARN([no tclsh found: "make test" and "make demo" need one (use --with-tclsh=PATH)])
 	TCLSH=tclsh
     else
@@ -319,9 +332,33 @@ On Debian/Ubuntu: apt-get install libssl-dev.  Elsewhere use --with-openssl=DIR.
 	OPENSSL_LIBS=$LIBS
 	smtp_ssl_how="default paths"
     fi
-    LIBS="$OPENSSL_LIBS $smtp_save_LIBS"
-    AC_MSG_CHECKING([that OpenSSL 1.1 or later links ($smtp_ssl_how)])
-    AC_LINK_IFELSE([AC_LANG_PROGRAM([[
+    # What a static libcrypto needs besides (pkg-config's Libs.private:
+    # -lws2_32 -lgdi32 -lcrypt32 on Windows, -ldl -pthread on Linux), tried
+    # only when linking without it fails.
+    smtp_ssl_private=
+    smtp_ssl_pc=
+    if test "x$smtp_ssl_how" = "x--with-openssl=$with_openssl" \
+	    && test -f "$smtp_ssl_libdir/pkgconfig/openssl.pc"; then
+	smtp_ssl_pc=$smtp_ssl_libdir/pkgconfig
+    fi
+    if test -n "$PKG_CONFIG" && test -n "$smtp_ssl_pc"; then
+	smtp_ssl_private=`PKG_CONFIG_LIBDIR="$smtp_ssl_pc" PKG_CONFIG_PATH= "$PKG_CONFIG" --static --libs-only-l openssl 2>/dev/null`
+    elif test -n "$PKG_CONFIG" && test "x$smtp_ssl_how" = xpkg-config; then
+	smtp_ssl_private=`"$PKG_CONFIG" --static --libs-only-l openssl 2>/dev/null`
+    fi
+    smtp_ssl_x=
+    for smtp_l in $smtp_ssl_private; do
+	case " $OPENSSL_LIBS $smtp_ssl_x " in *" $smtp_l "*) ;; *) smtp_ssl_x="$smtp_ssl_x $smtp_l" ;; esac
+    done
+    smtp_ssl_private=$smtp_ssl_x
+    if test -z "$smtp_ssl_private" && test "x$smtp_windows" = xyes; then
+	smtp_ssl_private=" -lws2_32 -lgdi32 -lcrypt32"
+    fi
+    smtp_ssl_ok=no
+    for smtp_ssl_extra in "" "$smtp_ssl_private"; do
+	LIBS="$OPENSSL_LIBS$smtp_ssl_extra $smtp_save_LIBS"
+	AC_MSG_CHECKING([that OpenSSL 1.1 or later links ($smtp_ssl_how$smtp_ssl_extra)])
+	AC_LINK_IFELSE([AC_LANG_PROGRAM([[
 #include <openssl/ssl.h>
 #include <openssl/evp.h>
 ]], [[
@@ -330,11 +367,19 @@ On Debian/Ubuntu: apt-get install libssl-dev.  Elsewhere use --with-openssl=DIR.
     EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     EVP_MD_CTX_free(md);
     SSL_CTX_free(ctx);
-]])], [AC_MSG_RESULT([yes])],
-	[AC_MSG_RESULT([no])
-	 AC_MSG_ERROR([cannot link a program with OpenSSL ($OPENSSL_CFLAGS $OPENSSL_LIBS).
+]])], [AC_MSG_RESULT([yes])
+	    smtp_ssl_ok=yes
+	    OPENSSL_LIBS="$OPENSSL_LIBS$smtp_ssl_extra"],
+	    [AC_MSG_RESULT([no])])
+	if test "$smtp_ssl_ok" = yes || test -z "$smtp_ssl_private"; then
+	    break
+	fi
+    done
+    if test "$smtp_ssl_ok" != yes; then
+	AC_MSG_ERROR([cannot link a program with OpenSSL ($OPENSSL_CFLAGS $OPENSSL_LIBS).
 OpenSSL 1.1 or later with its development files is needed.
-On Debian/Ubuntu: apt-get install libssl-dev.  Elsewhere use --with-openssl=DIR.])])
+On Debian/Ubuntu: apt-get install libssl-dev.  Elsewhere use --with-openssl=DIR.])
+    fi
     CPPFLAGS=$smtp_save_CPPFLAGS
     LIBS=$smtp_save_LIBS
     AC_SUBST([OPENSSL_CFLAGS])

@@ -249,7 +249,11 @@ proc ::alltests::ChildTimeout {fd} {
     variable state
     set state(timedout) 1
     foreach p [pid $fd] {
-        catch {exec kill -KILL $p}
+        if {$::tcl_platform(platform) eq "windows"} {
+            catch {exec taskkill /F /PID $p}
+        } else {
+            catch {exec kill -KILL $p}
+        }
     }
 }
 

@@ -80,6 +80,8 @@ proc ::smtpcase::run {case} {
         flush stderr
         chan pop stderr
     }
+    # The transform sees stderr's line ends, CR LF on Windows.
+    set captured [string map {\r\n \n} $captured]
     set after [headers $tok]
     mime::finalize $tok -subordinates all
     return [dict create code $code result $res \
@@ -127,11 +129,18 @@ namespace eval ::smtpcase::tcllib {
 # Reads one length-prefixed reply from the child, running the event loop
 # while waiting (so that an SMTP server in this process keeps serving).
 # Returns the decoded reply; an error after ms milliseconds.
+# SMTP_TEST_TIMESCALE (a number, default 1) multiplies the time given:
+# under Wine a tclsh takes about 30 s to start and read tcllib's package
+# indexes on a loaded machine, and tcllib's smtp takes 0.5 s a send.
 proc ::smtpcase::tcllib::Receive {ms} {
     variable chan
     variable buf
     variable done
     set done 0
+    if {[info exists ::env(SMTP_TEST_TIMESCALE)]
+            && [string is double -strict $::env(SMTP_TEST_TIMESCALE)]} {
+        set ms [expr {round($ms * $::env(SMTP_TEST_TIMESCALE))}]
+    }
     set timer [after $ms [list set [namespace current]::done timeout]]
     fileevent $chan readable [namespace code Readable]
     while {$done == 0} {
@@ -170,9 +179,13 @@ proc ::smtpcase::tcllib::Readable {} {
     }
 }
 
-# Starts the child, with TCLLIBPATH removed from its environment so that
-# it finds Debian's tcllib and not this package.  Returns tcllib's smtp
-# version and load script; an error when it cannot be loaded.
+# Starts the child, with the directories that hold this package (their
+# pkgIndex.tcl provides smtp) removed from TCLLIBPATH, so that it finds
+# tcllib's smtp and not this package: tcllib is where the tclsh looks by
+# itself (Debian) or in what stays on TCLLIBPATH (a tclsh without tcllib
+# of its own, such as the Windows one the suite runs under Wine).
+# Returns tcllib's smtp version and load script; an error when it cannot
+# be loaded.
 proc ::smtpcase::tcllib::start {} {
     variable script
     variable chan
@@ -180,7 +193,23 @@ proc ::smtpcase::tcllib::start {} {
     set had [info exists ::env(TCLLIBPATH)]
     if {$had} {
         set saved $::env(TCLLIBPATH)
-        unset ::env(TCLLIBPATH)
+        set keep {}
+        foreach d $saved {
+            set idx ""
+            catch {
+                set f [open [file join $d pkgIndex.tcl]]
+                set idx [read $f]
+                close $f
+            }
+            if {![regexp {package\s+ifneeded\s+smtp\s} $idx]} {
+                lappend keep $d
+            }
+        }
+        if {[llength $keep]} {
+            set ::env(TCLLIBPATH) $keep
+        } else {
+            unset ::env(TCLLIBPATH)
+        }
     }
     set code [catch {
         open |[list [info nameofexecutable] $script 2>@stderr] r+
@@ -221,7 +250,11 @@ proc ::smtpcase::tcllib::Kill {} {
         return
     }
     foreach p [pid $chan] {
-        catch {exec kill -KILL $p}
+        if {$::tcl_platform(platform) eq "windows"} {
+            catch {exec taskkill /F /PID $p}
+        } else {
+            catch {exec kill -KILL $p}
+        }
     }
     catch {close $chan}
     set chan ""

@@ -183,3 +183,28 @@ SmtpPlatformConnectNumeric(
     }
     return chan;
 }
+
+/*
+ * The system's trusted certificates: on Unix OpenSSL's default paths
+ * (SSL_CTX_set_default_verify_paths, done by the caller) are them.
+ * Returns the number of certificates added: none.
+ */
+
+int
+SmtpPlatformSystemCAs(
+    struct x509_store_st *store)
+{
+    (void) store;
+    return 0;
+}
+
+/*
+ * Test commands for platform code: none on Unix.
+ */
+
+void
+SmtpPlatformTestInit(
+    Tcl_Interp *interp)
+{
+    (void) interp;
+}
