@@ -2117,6 +2117,8 @@ SessionConfigure(
     Tcl_DecrRefCount(so->options);
     so->options = merged;
     SessionDrop(so, 1);
+    /* Closing ran the event loop, whose handlers leave their results. */
+    Tcl_ResetResult(interp);
     return TCL_OK;
 }
 
