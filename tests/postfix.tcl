@@ -985,10 +985,28 @@ proc ::postfix::log {h} {
     return $out
 }
 
+# The log once it has caught up: it comes through postlogd, which on a busy
+# machine can be seconds behind the sessions. Waits (at most 15 s) until
+# the readiness probe's session and at least one more have been logged
+# and every session logged has its disconnect line.
+proc ::postfix::SettledLog {h} {
+    set end [expr {[clock milliseconds] + 15000}]
+    while 1 {
+        set log [log $h]
+        set connects [regexp -all {postfix/smtpd\[\d+\]: connect from} $log]
+        set disconnects [regexp -all {postfix/smtpd\[\d+\]: disconnect from} $log]
+        if {($connects >= 2 && $disconnects >= $connects)
+                || [clock milliseconds] > $end} {
+            return $log
+        }
+        after 20
+    }
+}
+
 proc ::postfix::logins {h} {
     Check $h
     set result {}
-    foreach line [split [log $h] \n] {
+    foreach line [split [SettledLog $h] \n] {
         if {[regexp {postfix/smtpd\[\d+\]: \w+: client=.*, sasl_method=([^,]+), sasl_username=(\S+)} \
                 $line -> method user]} {
             lappend result [list $method $user]
