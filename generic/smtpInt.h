@@ -175,6 +175,8 @@ const unsigned char *SmtpGetBytes(Tcl_Obj *obj, Tcl_Size *lenPtr,
 int		SmtpTextBytes(Tcl_Obj *obj, const char *cs, size_t csLen,
 		    const unsigned char **bytesPtr, size_t *lenPtr,
 		    Tcl_DString *scratch);
+int		SmtpBinaryBytes(Tcl_Obj *obj, const unsigned char **bytesPtr,
+		    size_t *lenPtr, Tcl_DString *scratch);
 int		SmtpUtf8Valid(const unsigned char *p, size_t n);
 
 /*

@@ -1292,8 +1292,8 @@ DeclaredCharset(
 /*
  * Points nd->bytes at the octets of a string leaf: a string form that is
  * plain ASCII is used as is; a text part's value is taken by the rule of
- * smtpText.c; others go through SmtpGetBytes (each character's low 8
- * bits, as mime treats them). A pointer into the value holds until Tcl
+ * smtpText.c; others by SmtpBinaryBytes (the characters' values, or the
+ * UTF-8 of a value with a character beyond U+00FF). A pointer into the value holds until Tcl
  * code might run (which could change the value's representation), so it
  * is taken again before each use; octets made into nd->scratch are the
  * node's own and are kept.
@@ -1304,7 +1304,6 @@ StringBytes(
     Node *nd)
 {
     Tcl_Obj *obj = nd->string;
-    Tcl_Size len;
 
     if (nd->decoded) {
 	return;
@@ -1351,8 +1350,7 @@ StringBytes(
 		&& nd->bytes == (const unsigned char *) obj->bytes);
 	return;
     }
-    nd->bytes = SmtpGetBytes(obj, &len, &nd->scratch);
-    nd->len = (size_t) len;
+    SmtpBinaryBytes(obj, &nd->bytes, &nd->len, &nd->scratch);
     nd->decoded = (nd->bytes
 	    == (const unsigned char *) Tcl_DStringValue(&nd->scratch));
 }

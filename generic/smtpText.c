@@ -449,3 +449,78 @@ SmtpTextBytes(
     }
     return result;
 }
+
+/*
+ * Whether Tcl's string form p[0..n) holds a character beyond U+00FF: an
+ * octet C4..FF (a lead octet of one), tested 8 at a time. For an octet b
+ * with its top bit set, (b & 0x7F) + 0x3C reaches 0x80 exactly when b is
+ * C4 or more, and never carries into the next octet.
+ */
+
+static int
+HasWide(
+    const unsigned char *p,
+    size_t n)
+{
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+	uint64_t x;
+
+	memcpy(&x, p + i, 8);
+	if (x & ((x & 0x7F7F7F7F7F7F7F7FULL) + 0x3C3C3C3C3C3C3C3CULL)
+		& HIGH8) {
+	    return 1;
+	}
+    }
+    for (; i < n; i++) {
+	if (p[i] >= 0xC4) {
+	    return 1;
+	}
+    }
+    return 0;
+}
+
+/*
+ * The octets of a string value of a part that is not text (application,
+ * image, audio ... types). A value whose characters are all at most U+00FF is
+ * binary data as mime means it: the characters' values (SmtpGetBytes). A
+ * character beyond U+00FF cannot be an octet: such a value is text given
+ * as characters (JSON or XML made in the script, say), and its octets are
+ * its UTF-8, so that nothing of it is lost. *bytesPtr is set as for
+ * SmtpTextBytes ('scratch' initialised here, freed by the caller).
+ * Returns 1 when the value is taken as text, else 0.
+ */
+
+int
+SmtpBinaryBytes(
+    Tcl_Obj *obj,
+    const unsigned char **bytesPtr,
+    size_t *lenPtr,
+    Tcl_DString *scratch)
+{
+    const Tcl_ObjType *byteArray = Tcl_GetObjType("bytearray");
+    Tcl_Size n;
+
+    if ((byteArray == NULL || obj->typePtr != byteArray)) {
+	const unsigned char *form =
+		(const unsigned char *) Tcl_GetStringFromObj(obj, &n);
+	int wide = 0;
+
+	if (HasWide(form, (size_t) n)) {
+	    Tcl_DStringInit(scratch);
+	    if (Utf8Check(form, (size_t) n, &wide)) {
+		*bytesPtr = form;
+		*lenPtr = (size_t) n;
+	    } else {
+		FormToUtf8(form, (size_t) n, scratch);
+		*bytesPtr = (const unsigned char *) Tcl_DStringValue(scratch);
+		*lenPtr = (size_t) Tcl_DStringLength(scratch);
+	    }
+	    return 1;
+	}
+    }
+    *bytesPtr = SmtpGetBytes(obj, &n, scratch);
+    *lenPtr = (size_t) n;
+    return 0;
+}
