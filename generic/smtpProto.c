@@ -907,7 +907,8 @@ TryNextServer(
 	if (s->opts->debug) {
 	    Debug(s, Tcl_ObjPrintf("Trying %s...", host));
 	}
-	s->conn = SmtpConnOpen(s->interp, host, port, &sessionEvents, s);
+	s->conn = SmtpConnOpen(s->interp, host, port, &sessionEvents, s,
+		s->done == NULL);
 	s->quitSent = 0;
 	if (s->conn == NULL) {
 	    Tcl_Obj *why = Tcl_GetObjResult(s->interp);
@@ -2876,6 +2877,7 @@ WaitFinished(
     WaitTsd *t = (WaitTsd *) Tcl_GetThreadData(&waitKey, sizeof(WaitTsd));
     Tcl_Time now;
 
+    SmtpConnSetDirect(s->conn, 1);
     while (!s->finished) {
 	Tcl_GetTime(&now);
 	if ((now.sec - t->lastTurn.sec) * 1000000L
@@ -2883,9 +2885,12 @@ WaitFinished(
 		&& SmtpConnPollDirect(s->conn, DIRECT_WAIT_USEC)) {
 	    continue;
 	}
+	SmtpConnSetDirect(s->conn, 0);
 	Tcl_DoOneEvent(TCL_ALL_EVENTS);
 	Tcl_GetTime(&t->lastTurn);
+	SmtpConnSetDirect(s->conn, 1);
     }
+    SmtpConnSetDirect(s->conn, 0);
 }
 
 /*
