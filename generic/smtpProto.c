@@ -2858,7 +2858,11 @@ SmtpSessionSubmitAsync(
  * so that the caller's other events (timers, file events, Tk) wait at
  * most that long for sends that the server answers quickly. The time of
  * the last turn is kept per thread, across calls: a script that sends
- * one quick message after another still has its events served.
+ * one quick message after another still has its events served. While it
+ * waits on the socket, the connection's channel handler is left as it is
+ * and brought up to date only before the event loop turns
+ * (SmtpConnSetDirect): under Tcl 9 every change of it costs two system
+ * calls.
  */
 
 #define DIRECT_WAIT_USEC	200
