@@ -6,6 +6,16 @@
  *	through callbacks from Tcl's event loop. Nothing here blocks, so the
  *	caller's event loop (timers, file events, other servers) keeps running
  *	while a message is sent.
+ *
+ *	The bytes go past the channel's buffers, with Tcl_ReadRaw and
+ *	Tcl_WriteRaw, and what the socket cannot take yet waits here (c->net).
+ *	Tcl_Read, Tcl_Write and Tcl_Flush each end by renewing the socket's
+ *	file handler, as does every change of a channel handler: Tcl 9's epoll
+ *	notifier does that with two system calls (fstat, epoll_ctl), where Tcl
+ *	8.6's select notifier changes a mask in memory. So the channel handler
+ *	changes only when the events wanted change, and not at all while a
+ *	synchronous send polls the socket itself (SmtpConnSetDirect): a short
+ *	message had cost eighteen such calls more under Tcl 9 (bench/RESULTS.md).
  */
 
 #include "smtpInt.h"
@@ -18,14 +28,21 @@ struct SmtpConn {
     void *cd;
     int connecting;		/* Async connect not yet completed. */
     int checking;		/* ConnectDone is asking Tcl for -error. */
-    int mask;			/* Events the channel handler watches. */
-    int wantWrite;		/* Core asked to hear when writable. */
+    int mask;			/* Events wanted from the socket. */
+    int tclMask;		/* Events the channel handler watches. */
+    int direct;			/* A synchronous wait polls the socket
+				 * itself (SmtpConnPollDirect): the channel
+				 * handler is brought up to date only when
+				 * the event loop is to run. */
+    int wantWrite;		/* Core asked to hear when writable (once
+				 * c->net has drained). */
     int dead;			/* Closed; no more callbacks. */
     Tcl_TimerToken timer;
     SmtpTls *tls;		/* TLS filter, once started. */
     int handshaking;		/* TLS handshake under way. */
-    SmtpBuf net;		/* Ciphertext, or small plaintext writes,
-				 * on their way out (SendNet). */
+    SmtpBuf net;		/* Bytes written (commands, message data,
+				 * or the TLS filter's ciphertext) that the
+				 * socket has not taken yet (SendNet). */
     SmtpBuf plain;		/* Plaintext decrypted from the server. */
     char err[200];
 };
@@ -33,28 +50,76 @@ struct SmtpConn {
 static void	ChannelProc(void *cd, int mask);
 static void	TimerProc(void *cd);
 static void	FeedTls(SmtpConn *c, const unsigned char *p, size_t n);
+static void	SendNet(SmtpConn *c);
+
+/*
+ * The most handed to the socket in one call (Tcl_WriteRaw takes an int
+ * in Tcl 8.6).
+ */
+
+#define MAX_WRITE	(1 << 24)
+
+/*
+ * Gives Tcl's channel handler the events wanted (none: no handler).
+ * Tcl_CreateChannelHandler replaces the mask of the handler it already
+ * has.
+ */
+
+static void
+Register(
+    SmtpConn *c)
+{
+    if (c->tclMask == c->mask) {
+	return;
+    }
+    c->tclMask = c->mask;
+    if (c->mask) {
+	Tcl_CreateChannelHandler(c->chan, c->mask, ChannelProc, c);
+    } else {
+	Tcl_DeleteChannelHandler(c->chan, ChannelProc, c);
+    }
+}
+
+/*
+ * Wants the events in 'mask'. While a synchronous wait polls the socket
+ * itself, Tcl hears of it only before the event loop runs
+ * (SmtpConnSetDirect): with Tcl 9's epoll notifier each change of a
+ * file handler costs two system calls, and a short message sent to a
+ * quick server then needs none.
+ */
 
 static void
 SetMask(
     SmtpConn *c,
     int mask)
 {
-    if (mask == c->mask) {
+    c->mask = mask;
+    if (!c->direct || mask == 0) {
+	Register(c);
+    }
+}
+
+/*
+ * Once connected: readable always, writable while output waits here or
+ * the core wants to hear that it may write.
+ */
+
+static void
+UpdateMask(
+    SmtpConn *c)
+{
+    if (c->dead || c->connecting) {
 	return;
     }
-    if (c->mask) {
-	Tcl_DeleteChannelHandler(c->chan, ChannelProc, c);
-    }
-    c->mask = mask;
-    if (mask) {
-	Tcl_CreateChannelHandler(c->chan, mask, ChannelProc, c);
-    }
+    SetMask(c, TCL_READABLE | ((c->wantWrite || SmtpBufAvail(&c->net) > 0)
+	    ? TCL_WRITABLE : 0));
 }
 
 /*
  * Starts connecting to host:port. Returns the connection, or NULL with the
  * reason in the interpreter's result. The 'connected' callback follows from
- * the event loop, or 'closed' when the connection fails.
+ * the event loop, or 'closed' when the connection fails. 'direct' as for
+ * SmtpConnSetDirect.
  */
 
 SmtpConn *
@@ -63,7 +128,8 @@ SmtpConnOpen(
     const char *host,
     int port,
     const SmtpConnEvents *ev,
-    void *cd)
+    void *cd,
+    int direct)
 {
     SmtpConn *c;
     Tcl_Channel chan = SmtpPlatformConnectNumeric(host, port);
@@ -90,6 +156,7 @@ SmtpConnOpen(
     c->ev = ev;
     c->cd = cd;
     c->connecting = 1;
+    c->direct = direct;
     SetMask(c, TCL_WRITABLE);
     return c;
 }
@@ -128,7 +195,7 @@ ConnectDone(
     Tcl_DStringFree(&ds);
     c->connecting = 0;
     SmtpPlatformNoDelay(c->chan);
-    SetMask(c, TCL_READABLE | (c->wantWrite ? TCL_WRITABLE : 0));
+    UpdateMask(c);
     c->ev->connected(c->cd);
 }
 
@@ -141,7 +208,7 @@ ReadSome(
     SmtpConn *c)
 {
     char buf[65536];
-    Tcl_Size n = Tcl_Read(c->chan, buf, sizeof(buf));
+    Tcl_Size n = Tcl_ReadRaw(c->chan, buf, sizeof(buf));
 
     if (n > 0 && c->tls) {
 	FeedTls(c, (const unsigned char *) buf, (size_t) n);
@@ -174,21 +241,58 @@ ReadSome(
 }
 
 /*
- * Hands what is queued in c->net (the TLS filter's ciphertext, or small
- * plaintext writes) to Tcl.
+ * Hands what waits in c->net to the socket, as much as it takes now. A
+ * failure is kept in c->err (and what waits is dropped): the next
+ * SmtpConnFlush reports it, or the read that finds the connection gone.
  */
+
+static int
+WouldBlock(
+    int e)
+{
+#ifdef EWOULDBLOCK
+    if (e == EWOULDBLOCK) {
+	return 1;		/* Tcl's Windows sockets say this. */
+    }
+#endif
+    return e == EAGAIN;
+}
 
 static void
 SendNet(
     SmtpConn *c)
 {
-    if (SmtpBufAvail(&c->net) > 0) {
-	if (Tcl_Write(c->chan, (const char *) SmtpBufPtr(&c->net),
-		(Tcl_Size) SmtpBufAvail(&c->net)) < 0) {
-	    snprintf(c->err, sizeof(c->err), "error writing to server: %s",
-		    Tcl_ErrnoMsg(Tcl_GetErrno()));
+    while (SmtpBufAvail(&c->net) > 0) {
+	size_t n = SmtpBufAvail(&c->net);
+	Tcl_Size w;
+
+	if (c->err[0]) {
+	    c->net.pos = c->net.len = 0;
+	    return;
 	}
-	c->net.pos = c->net.len = 0;
+	if (n > MAX_WRITE) {
+	    n = MAX_WRITE;
+	}
+	w = Tcl_WriteRaw(c->chan, (const char *) SmtpBufPtr(&c->net),
+		(Tcl_Size) n);
+	if (w < 0) {
+	    int e = Tcl_GetErrno();
+
+	    if (e == EINTR) {
+		continue;
+	    }
+	    if (WouldBlock(e)) {
+		return;
+	    }
+	    snprintf(c->err, sizeof(c->err), "error writing to server: %s",
+		    Tcl_ErrnoMsg(e));
+	    c->net.pos = c->net.len = 0;
+	    return;
+	}
+	SmtpBufConsume(&c->net, (size_t) w);
+	if ((size_t) w < n) {
+	    return;			/* The socket is full. */
+	}
     }
 }
 
@@ -211,10 +315,6 @@ FeedTls(
     st = SmtpTlsFeed(c->tls, p, n, c->handshaking ? NULL : &c->plain,
 	    &c->net, &err);
     SendNet(c);
-    if (Tcl_Flush(c->chan) != TCL_OK && !c->err[0]) {
-	snprintf(c->err, sizeof(c->err), "error writing to server: %s",
-		Tcl_ErrnoMsg(Tcl_GetErrno()));
-    }
     if (st < 0) {
 	Tcl_IncrRefCount(err);
 	if (!c->handshaking && SmtpBufAvail(&c->plain) > 0) {
@@ -243,6 +343,7 @@ FeedTls(
 	Tcl_DecrRefCount(err);
 	return;
     }
+    UpdateMask(c);
     if (c->handshaking) {
 	if (st == 0) {
 	    return;
@@ -256,6 +357,7 @@ FeedTls(
 	c->plain.pos = c->plain.len = 0;
 	st = SmtpTlsFeed(c->tls, NULL, 0, &c->plain, &c->net, &err);
 	SendNet(c);
+	UpdateMask(c);
 	if (st < 0) {
 	    c->dead = 1;
 	    SetMask(c, 0);
@@ -292,11 +394,11 @@ SmtpConnStartTls(
     }
     c->handshaking = 1;
     SendNet(c);
-    if (Tcl_Flush(c->chan) != TCL_OK) {
-	*errPtr = Tcl_ObjPrintf("error writing to server: %s",
-		Tcl_ErrnoMsg(Tcl_GetErrno()));
+    if (c->err[0]) {
+	*errPtr = Tcl_NewStringObj(c->err, -1);
 	return TCL_ERROR;
     }
+    UpdateMask(c);
     return TCL_OK;
 }
 
@@ -312,9 +414,59 @@ SmtpConnTlsInfo(
 }
 
 /*
- * The channel handler. Each callback into the core may close the
+ * The socket is writable: what waits goes on, and once nothing waits the
+ * core hears of it if it asked (the flow control of the body writer: it
+ * is called when all it wrote has gone, as Tcl calls a channel handler
+ * once the channel's own buffers have drained).
+ */
+
+static void
+WriteSome(
+    SmtpConn *c)
+{
+    if (SmtpBufAvail(&c->net) > 0) {
+	SendNet(c);
+	if (SmtpBufAvail(&c->net) > 0) {
+	    return;
+	}
+    }
+    if (c->wantWrite) {
+	c->ev->writable(c->cd);
+    } else {
+	UpdateMask(c);
+    }
+}
+
+/*
+ * The events that have come, from the channel handler or from
+ * SmtpConnPollDirect. Each callback into the core may close the
  * connection, so nothing of 'c' is touched after one unless it is still
  * alive (the core defers freeing through Tcl_EventuallyFree).
+ */
+
+static void
+HandleEvents(
+    SmtpConn *c,
+    int mask)
+{
+    Tcl_Preserve(c);
+    if (c->connecting) {
+	if (mask & TCL_WRITABLE) {
+	    ConnectDone(c);
+	}
+    } else {
+	if ((mask & TCL_READABLE) && !c->dead) {
+	    ReadSome(c);
+	}
+	if ((mask & TCL_WRITABLE) && !c->dead) {
+	    WriteSome(c);
+	}
+    }
+    Tcl_Release(c);
+}
+
+/*
+ * The channel handler.
  */
 
 static void
@@ -327,20 +479,18 @@ ChannelProc(
     if (c->checking) {
 	return;
     }
-    Tcl_Preserve(c);
-    if (c->connecting) {
-	if (mask & TCL_WRITABLE) {
-	    ConnectDone(c);
-	}
-    } else {
-	if ((mask & TCL_READABLE) && !c->dead) {
-	    ReadSome(c);
-	}
-	if ((mask & TCL_WRITABLE) && !c->dead && c->wantWrite) {
-	    c->ev->writable(c->cd);
-	}
+
+    /*
+     * The handler may be out of date when a script called back during a
+     * synchronous send turns the event loop: bring it up to date, and
+     * take only what is wanted.
+     */
+
+    Register(c);
+    mask &= c->mask;
+    if (mask) {
+	HandleEvents(c, mask);
     }
-    Tcl_Release(c);
 }
 
 /*
@@ -350,11 +500,11 @@ ChannelProc(
  * networks most replies arrive within that time, and each wait then
  * costs one system call instead of a round trip through Tcl 8.6's
  * notifier thread. Returns 1 when the handler ran, 0 when the caller
- * should wait in the event loop: nothing there yet, nothing watched, Tcl
- * holding output that only the event loop flushes, or the body being
+ * should wait in the event loop: nothing there yet, nothing watched,
+ * output waiting for the socket, or the body being
  * written (a socket that is writable again takes only part of a block,
- * and Tcl's own flow control, a callback once its buffer has drained,
- * was measured faster: scenario 5 of bench/ took 3.5 s instead of 2).
+ * and flow control by a callback once all that was written has gone, as
+ * WriteSome does, was measured faster: scenario 5 of bench/ took 3.5 s instead of 2).
  */
 
 int
@@ -365,19 +515,36 @@ SmtpConnPollDirect(
     int ready;
 
     if (c == NULL || c->dead || c->mask == 0 || c->wantWrite
-	    || Tcl_OutputBuffered(c->chan) > 0 || SmtpBufAvail(&c->net) > 0) {
+	    || SmtpBufAvail(&c->net) > 0) {
 	return 0;
     }
-    if ((c->mask & TCL_READABLE) && Tcl_InputBuffered(c->chan) > 0) {
-	ready = TCL_READABLE;
-    } else {
-	ready = SmtpPlatformPoll(c->chan, c->mask, usec);
-    }
+    ready = SmtpPlatformPoll(c->chan, c->mask, usec);
     if (ready == 0) {
 	return 0;
     }
-    ChannelProc(c, ready);
+    HandleEvents(c, ready);
     return 1;
+}
+
+/*
+ * On (1): a synchronous wait drives the connection with
+ * SmtpConnPollDirect, and the channel handler may stay out of date. Off
+ * (0): Tcl's event loop is to run, so the handler watches what is wanted
+ * from now on.
+ */
+
+void
+SmtpConnSetDirect(
+    SmtpConn *c,
+    int on)
+{
+    if (c == NULL) {
+	return;
+    }
+    c->direct = on;
+    if (!on && !c->dead) {
+	Register(c);
+    }
 }
 
 static void
@@ -395,12 +562,11 @@ TimerProc(
 }
 
 /*
- * Queues bytes for the server. They leave with the next SmtpConnFlush, so
- * a batch of commands goes out in one write. Small writes (commands) are
- * gathered here and given to Tcl in one Tcl_Write: with Tcl 9's epoll
- * notifier every Tcl_Write costs two system calls (Tcl updates the
- * socket's file handler), which made a short message 2.4 times slower
- * than under Tcl 8.6. Large ones (message data) go to Tcl as they are.
+ * Queues bytes for the server. Small ones (commands) wait in c->net for
+ * the next SmtpConnFlush, so a batch of commands goes out in one system
+ * call; large ones (message data) go to the socket at once, and what it
+ * does not take waits. Under TLS everything is encrypted into c->net and
+ * leaves with the flush.
  */
 
 #define SMALL_WRITE	4096
@@ -421,20 +587,43 @@ SmtpConnWrite(
 	    Tcl_IncrRefCount(err);
 	    snprintf(c->err, sizeof(c->err), "%s", Tcl_GetString(err));
 	    Tcl_DecrRefCount(err);
-	    return;
 	}
+	return;
+    }
+    if (n >= SMALL_WRITE && SmtpBufAvail(&c->net) > 0) {
 	SendNet(c);
+    }
+    if (n < SMALL_WRITE || SmtpBufAvail(&c->net) > 0 || c->err[0]) {
+	if (!c->err[0]) {
+	    SmtpBufAppend(&c->net, p, n);
+	}
 	return;
     }
-    if (n < SMALL_WRITE) {
-	SmtpBufAppend(&c->net, p, n);
-	return;
+    while (n > 0) {
+	size_t chunk = n > MAX_WRITE ? MAX_WRITE : n;
+	Tcl_Size w = Tcl_WriteRaw(c->chan, (const char *) p,
+		(Tcl_Size) chunk);
+
+	if (w < 0) {
+	    int e = Tcl_GetErrno();
+
+	    if (e == EINTR) {
+		continue;
+	    }
+	    if (!WouldBlock(e)) {
+		snprintf(c->err, sizeof(c->err),
+			"error writing to server: %s", Tcl_ErrnoMsg(e));
+		return;
+	    }
+	    w = 0;
+	}
+	p = (const char *) p + w;
+	n -= (size_t) w;
+	if ((size_t) w < chunk) {
+	    break;			/* The socket is full. */
+	}
     }
-    SendNet(c);
-    if (Tcl_Write(c->chan, (const char *) p, (Tcl_Size) n) < 0) {
-	snprintf(c->err, sizeof(c->err), "error writing to server: %s",
-		Tcl_ErrnoMsg(Tcl_GetErrno()));
-    }
+    SmtpBufAppend(&c->net, p, n);
 }
 
 /*
@@ -454,29 +643,24 @@ SmtpConnFlush(
     if (c->err[0]) {
 	return TCL_ERROR;
     }
-    if (Tcl_Flush(c->chan) != TCL_OK) {
-	snprintf(c->err, sizeof(c->err), "error writing to server: %s",
-		Tcl_ErrnoMsg(Tcl_GetErrno()));
-	return TCL_ERROR;
-    }
+    UpdateMask(c);
     return TCL_OK;
 }
 
 /*
- * Bytes written but not yet handed to the operating system.
+ * Bytes written but not yet taken by the socket.
  */
 
 Tcl_Size
 SmtpConnPending(
     SmtpConn *c)
 {
-    return c->dead ? 0
-	    : Tcl_OutputBuffered(c->chan) + (Tcl_Size) SmtpBufAvail(&c->net);
+    return c->dead ? 0 : (Tcl_Size) SmtpBufAvail(&c->net);
 }
 
 /*
- * Asks for the 'writable' callback (Tcl calls it only once its own output
- * buffer has drained, which is the flow control the body writer needs).
+ * Asks for the 'writable' callback (WriteSome: once all that was written
+ * has gone, which is the flow control the body writer needs).
  */
 
 void
@@ -485,9 +669,7 @@ SmtpConnWantWritable(
     int on)
 {
     c->wantWrite = on;
-    if (!c->connecting && !c->dead) {
-	SetMask(c, TCL_READABLE | (on ? TCL_WRITABLE : 0));
-    }
+    UpdateMask(c);
 }
 
 /*
@@ -536,12 +718,23 @@ SmtpConnClose(
     if (c->tls) {
 	if (!c->dead && !c->handshaking) {
 	    SmtpTlsShutdown(c->tls, &c->net);
-	    SendNet(c);
 	}
 	SmtpTlsFree(c->tls);
 	c->tls = NULL;
-    } else if (!c->dead) {
-	SendNet(c);		/* Commands queued and not flushed. */
+    }
+    if (!c->dead) {
+	/*
+	 * What is still queued (commands not flushed, TLS's close_notify,
+	 * the rest of a write the socket could not take): what the socket
+	 * does not take now goes to the channel's buffer, which Tcl_Close
+	 * drains in the background.
+	 */
+
+	SendNet(c);
+	if (SmtpBufAvail(&c->net) > 0 && !c->err[0]) {
+	    Tcl_Write(c->chan, (const char *) SmtpBufPtr(&c->net),
+		    (Tcl_Size) SmtpBufAvail(&c->net));
+	}
     }
     SmtpBufFree(&c->net);
     SmtpBufFree(&c->plain);

@@ -319,7 +319,7 @@ typedef struct SmtpConnEvents {
 struct ssl_ctx_st;
 
 SmtpConn *	SmtpConnOpen(Tcl_Interp *interp, const char *host, int port,
-		    const SmtpConnEvents *ev, void *cd);
+		    const SmtpConnEvents *ev, void *cd, int direct);
 void		SmtpConnWrite(SmtpConn *c, const void *p, size_t n);
 int		SmtpConnFlush(SmtpConn *c);
 Tcl_Size	SmtpConnPending(SmtpConn *c);
@@ -328,6 +328,7 @@ void		SmtpConnSetTimeout(SmtpConn *c, int secs);
 const char *	SmtpConnError(SmtpConn *c);
 void		SmtpConnClose(SmtpConn *c);
 int		SmtpConnPollDirect(SmtpConn *c, long usec);
+void		SmtpConnSetDirect(SmtpConn *c, int on);
 int		SmtpConnStartTls(SmtpConn *c, struct ssl_ctx_st *ctx,
 		    const char *host, int verify, Tcl_Obj **errPtr);
 Tcl_Obj *	SmtpConnTlsInfo(SmtpConn *c);

@@ -907,7 +907,8 @@ TryNextServer(
 	if (s->opts->debug) {
 	    Debug(s, Tcl_ObjPrintf("Trying %s...", host));
 	}
-	s->conn = SmtpConnOpen(s->interp, host, port, &sessionEvents, s);
+	s->conn = SmtpConnOpen(s->interp, host, port, &sessionEvents, s,
+		s->done == NULL);
 	s->quitSent = 0;
 	if (s->conn == NULL) {
 	    Tcl_Obj *why = Tcl_GetObjResult(s->interp);
@@ -2857,7 +2858,11 @@ SmtpSessionSubmitAsync(
  * so that the caller's other events (timers, file events, Tk) wait at
  * most that long for sends that the server answers quickly. The time of
  * the last turn is kept per thread, across calls: a script that sends
- * one quick message after another still has its events served.
+ * one quick message after another still has its events served. While it
+ * waits on the socket, the connection's channel handler is left as it is
+ * and brought up to date only before the event loop turns
+ * (SmtpConnSetDirect): under Tcl 9 every change of it costs two system
+ * calls.
  */
 
 #define DIRECT_WAIT_USEC	200
@@ -2876,6 +2881,7 @@ WaitFinished(
     WaitTsd *t = (WaitTsd *) Tcl_GetThreadData(&waitKey, sizeof(WaitTsd));
     Tcl_Time now;
 
+    SmtpConnSetDirect(s->conn, 1);
     while (!s->finished) {
 	Tcl_GetTime(&now);
 	if ((now.sec - t->lastTurn.sec) * 1000000L
@@ -2883,9 +2889,12 @@ WaitFinished(
 		&& SmtpConnPollDirect(s->conn, DIRECT_WAIT_USEC)) {
 	    continue;
 	}
+	SmtpConnSetDirect(s->conn, 0);
 	Tcl_DoOneEvent(TCL_ALL_EVENTS);
 	Tcl_GetTime(&t->lastTurn);
+	SmtpConnSetDirect(s->conn, 1);
     }
+    SmtpConnSetDirect(s->conn, 0);
 }
 
 /*

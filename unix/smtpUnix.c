@@ -164,15 +164,28 @@ SmtpPlatformConnectNumeric(
     } else {
 	return NULL;
     }
-    fd = socket(ss.ss_family, SOCK_STREAM, 0);
-    if (fd < 0) {
+#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
+    /* Non-blocking and close-on-exec at once (three system calls less). */
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 && errno != EINVAL && errno != EPROTONOSUPPORT) {
 	return NULL;
     }
-    flags = fcntl(fd, F_GETFL);
-    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || flags < 0
-	    || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0
-	    || (connect(fd, (struct sockaddr *) &ss, len) < 0
-		&& errno != EINPROGRESS)) {
+#else
+    fd = -1;
+#endif
+    if (fd < 0) {
+	fd = socket(ss.ss_family, SOCK_STREAM, 0);
+	if (fd < 0) {
+	    return NULL;
+	}
+	flags = fcntl(fd, F_GETFL);
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || flags < 0
+		|| fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+	    close(fd);
+	    return NULL;
+	}
+    }
+    if (connect(fd, (struct sockaddr *) &ss, len) < 0 && errno != EINPROGRESS) {
 	close(fd);
 	return NULL;
     }
