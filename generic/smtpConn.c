@@ -739,7 +739,7 @@ SmtpConnClose(
     SmtpBufFree(&c->net);
     SmtpBufFree(&c->plain);
     c->dead = 1;
-    Tcl_Close(NULL, c->chan);
+    SmtpPlatformClose(c->chan);
     Tcl_EventuallyFree(c, TCL_DYNAMIC);
 }
 

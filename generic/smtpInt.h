@@ -363,6 +363,7 @@ void		SmtpPlatformNoDelay(Tcl_Channel chan);
 int		SmtpPlatformDate(char *buf, size_t size);
 int		SmtpPlatformPoll(Tcl_Channel chan, int mask, long usec);
 Tcl_Channel	SmtpPlatformConnectNumeric(const char *host, int port);
+void		SmtpPlatformClose(Tcl_Channel chan);
 struct x509_store_st;
 int		SmtpPlatformSystemCAs(struct x509_store_st *store);
 void		SmtpPlatformTestInit(Tcl_Interp *interp);

@@ -8,6 +8,7 @@
 #	SMTP_WIN_DETECT     does $CC build for Windows? (smtp_windows, PLATFORM_DIR)
 #	SMTP_WIN_TCLSH      a tclsh for the tests when cross-compiling (Wine)
 #	SMTP_WIN_SETUP      libraries, linker flags and the DLL's name
+#	SMTP_WIN_PREFIX     the default --prefix: the Tcl's own
 
 # SMTP_WIN_DETECT
 #	Sets smtp_windows to yes when the C compiler makes Windows programs
@@ -92,11 +93,13 @@ AC_DEFUN([SMTP_WIN_TCLSH], [
 # otherwise.  Headless Wine needs the null graphics driver, or Tcl finds
 # no sockets ("sockets are not available on this system"); a new prefix
 # is ready only once its wineserver is done.  Tcl's bin directory goes on
-# PATH (openssl.exe, if installed there, for the TLS tests).
+# PATH (openssl.exe, if installed there, for the TLS tests).  No Wine Mono
+# or Gecko, which a new prefix would otherwise offer to download.
 WINEPREFIX=\${WINEPREFIX:-$smtp_abs_builddir/wineprefix}
 WINEDEBUG=\${WINEDEBUG:--all}
 WINEPATH=\`dirname "$smtp_exe"\`
-export WINEPREFIX WINEDEBUG WINEPATH
+WINEDLLOVERRIDES=\${WINEDLLOVERRIDES:-'mscoree=;mshtml='}
+export WINEPREFIX WINEDEBUG WINEPATH WINEDLLOVERRIDES
 if test ! -f "\$WINEPREFIX/.smtp-graphics-null"; then
     "$smtp_wine" reg add 'HKCU\\Software\\Wine\\Drivers' /v Graphics /d null /f \\
 	>/dev/null 2>&1 </dev/null && "$smtp_wineserver" -w \\
@@ -133,5 +136,21 @@ AC_DEFUN([SMTP_WIN_SETUP], [
 	    8) PKG_LIB_FILE=$PKG_LIB_FILE8 ;;
 	    *) PKG_LIB_FILE=$PKG_LIB_FILE9 ;;
 	esac
+    fi
+])
+
+# SMTP_WIN_PREFIX
+#	For a Windows build without --prefix: the prefix of the Tcl built
+#	against (TCL_PREFIX in its tclConfig.sh), as TEA does, rather than
+#	/usr/local.  "make install" then puts smtp1.6.0/ in that Tcl's lib
+#	directory, which a Windows tclsh searches by itself (auto_path holds
+#	the directory above tcl_library): C:/Tcl/lib with a Tcl in C:/Tcl,
+#	/mingw64/lib under MSYS2, the cross-built Tcl's lib when
+#	cross-compiling (a tree to copy to Windows as a whole).
+AC_DEFUN([SMTP_WIN_PREFIX], [
+    if test "$smtp_windows" = yes && test "x$prefix" = xNONE \
+	    && test -n "$TCL_PREFIX"; then
+	prefix=$TCL_PREFIX
+	AC_MSG_NOTICE([--prefix defaulting to Tcl's prefix, $prefix])
     fi
 ])

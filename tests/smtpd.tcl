@@ -187,6 +187,21 @@
 #	stop it), or until killed.  With -forever 1 stdin is ignored.
 #	Read the record with smtpd::loadrecord (or: open FILE, fconfigure
 #	-translation binary, read: the file is one Tcl dict).
+#
+# CLOSING (WINDOWS)
+#
+#	Tcl's Windows socket driver learns of socket events from window
+#	messages that name the socket by its handle only, and Windows (and
+#	Wine) give a freed handle to the very next socket: a message still
+#	queued for a connection just closed (its FD_CLOSE, when the client
+#	ended it) marks the next connection closed, which then reads end of
+#	file in the middle of its dialogue (Tcl 8.6.13 to 9.0, SocketProc in
+#	win/tclWinSock.c; under Wine 1 to 3 in 500 back-to-back connections).
+#	So on Windows a connection is ended with [close $chan write] (the
+#	client sees the end exactly when it would have) and its socket kept
+#	until the next one is ended or a second has passed (::smtpd::Release).
+#	The package under test does the same for its own connections
+#	(win/smtpWin.c, SmtpPlatformClose).
 
 package require Tcl 8.6-
 
@@ -771,10 +786,44 @@ proc ::smtpd::CloseConn {srv n by {record 1}} {
         set C(afterid) ""
     }
     catch {fileevent $C(chan) readable {}}
-    catch {close $C(chan)}
+    Release $C(chan)
     Notify $srv
     if {$record} {
         WriteRecord $srv
+    }
+}
+
+# Closes a connection's channel; on Windows its write side only, keeping
+# the socket until the next one is closed or a second has passed (see
+# CLOSING above).
+proc ::smtpd::Release {chan} {
+    variable parked
+    if {$::tcl_platform(platform) ne "windows"} {
+        catch {close $chan}
+        return
+    }
+    # A failure (the connection was reset) leaves the write side closed
+    # all the same.  What the client still writes is read and dropped, as
+    # a closed socket would drop it.
+    catch {close $chan write}
+    catch {fileevent $chan readable [list ::smtpd::Drain $chan]}
+    ReleaseParked
+    set parked [list $chan [after 1000 ::smtpd::ReleaseParked]]
+}
+
+proc ::smtpd::Drain {chan} {
+    if {[catch {read $chan}] || [eof $chan]} {
+        fileevent $chan readable {}
+    }
+}
+
+proc ::smtpd::ReleaseParked {} {
+    variable parked
+    if {[info exists parked]} {
+        lassign $parked chan id
+        unset parked
+        after cancel $id
+        catch {close $chan}
     }
 }
 

@@ -290,6 +290,38 @@ if {[info exists ::argv0] &&
         ::smtpcase::Send [list error $msg]
         exit 1
     }
+    if {$::tcl_platform(platform) eq "windows"} {
+        # tcllib's smtp closes its socket with [close], which resolves to
+        # this procedure in its namespace.  Tcl's Windows socket driver
+        # can give a message still queued for a socket just closed (its
+        # FD_CLOSE) to the next socket, which Windows gives the same
+        # handle: tcllib's next connection then reads end of file in the
+        # middle of its dialogue (see tests/smtpd.tcl, CLOSING).  The
+        # write side is closed at once, as [close] would, and the socket
+        # kept until the next one is closed: the same bytes go to the
+        # server at the same moments, and the server's replies to what
+        # tcllib wrote without waiting (RSET and QUIT after a refusal)
+        # reach an open socket instead of resetting the connection (a
+        # reset connection on Windows drops what the server had not read
+        # yet, tcllib's QUIT with it).
+        proc ::smtp::close {chan args} {
+            if {[llength $args] || ![string match sock* $chan]} {
+                return [::close $chan {*}$args]
+            }
+            catch {::close $chan write}
+            catch {fileevent $chan readable [list ::smtpcase::Drain $chan]}
+            if {[info exists ::smtpcase::parked]} {
+                catch {::close $::smtpcase::parked}
+            }
+            set ::smtpcase::parked $chan
+            return
+        }
+        proc ::smtpcase::Drain {chan} {
+            if {[catch {read $chan}] || [eof $chan]} {
+                fileevent $chan readable {}
+            }
+        }
+    }
     ::smtpcase::Send [list ready [package provide smtp] \
             [package ifneeded smtp [package provide smtp]]]
     ::smtpcase::Serve

@@ -20,6 +20,18 @@
 #include <errno.h>
 
 /*
+ * Closes a connection's socket channel (see win/smtpWin.c for why this is
+ * a platform matter).
+ */
+
+void
+SmtpPlatformClose(
+    Tcl_Channel chan)
+{
+    Tcl_Close(NULL, chan);
+}
+
+/*
  * Turns off Nagle's algorithm, so a small command written after a small
  * command is not held back waiting for the server's delayed ACK. Best
  * effort: a failure only costs speed.

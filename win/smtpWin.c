@@ -21,6 +21,102 @@
 #include <openssl/err.h>
 
 /*
+ * Closing a connection's socket. Tcl's Windows socket driver learns of
+ * socket events from window messages (WSAAsyncSelect) that name the
+ * socket by its handle only, and a message still queued when the socket
+ * is closed goes to whichever socket has that handle when it is read:
+ * Windows (and Wine) give a freed handle to the very next socket. So when
+ * the server has just ended a connection, its FD_CLOSE, still queued,
+ * can mark the next connection closed, which then reads end-of-file in
+ * the middle of its dialogue ("premature end-of-file from server"; Tcl
+ * 8.6.13 to 9.0, SocketProc in win/tclWinSock.c). Under Wine this took 1
+ * to 3 in 500 back-to-back connections (tests/smtpd.tcl, "Closing").
+ *
+ * So the connection's write side is closed at once (the server sees the
+ * connection end exactly as before) and its socket is kept open, one per
+ * thread, until the next connection's socket is closed or a second has
+ * passed (in an event loop) or the thread ends: by then whatever was
+ * queued for it has reached it, and the next socket gets another handle.
+ */
+
+#define PARK_MS 1000
+
+typedef struct {
+    Tcl_Channel parked;		/* The socket kept, or NULL. */
+    Tcl_TimerToken timer;	/* Closes it after PARK_MS. */
+    int exitHandler;		/* Whether ParkExit is registered. */
+} ParkData;
+
+static Tcl_ThreadDataKey parkKey;
+
+static void
+ParkFlush(
+    ParkData *pd)
+{
+    Tcl_Channel chan = pd->parked;
+
+    if (pd->timer != NULL) {
+	Tcl_DeleteTimerHandler(pd->timer);
+	pd->timer = NULL;
+    }
+    if (chan != NULL) {
+	pd->parked = NULL;
+	Tcl_Close(NULL, chan);
+    }
+}
+
+static void
+ParkTimer(
+    void *clientData)
+{
+    ParkData *pd = (ParkData *) clientData;
+
+    pd->timer = NULL;
+    ParkFlush(pd);
+}
+
+static void
+ParkExit(
+    void *clientData)
+{
+    ParkFlush((ParkData *) clientData);
+}
+
+void
+SmtpPlatformClose(
+    Tcl_Channel chan)
+{
+    ParkData *pd = (ParkData *) Tcl_GetThreadData(&parkKey,
+	    sizeof(ParkData));
+
+    /*
+     * Tcl_CloseEx writes its errors into the interpreter, without checking
+     * for one, in the cases ruled out here: a stacked channel, or one
+     * whose write side is not open.
+     */
+
+    if (Tcl_GetTopChannel(chan) != chan
+	    || !(Tcl_GetChannelMode(chan) & TCL_WRITABLE)) {
+	Tcl_Close(NULL, chan);
+	return;
+    }
+
+    /*
+     * A failure (the connection was reset) leaves the write side closed
+     * all the same; the socket is kept either way.
+     */
+
+    (void) Tcl_CloseEx(NULL, chan, TCL_CLOSE_WRITE);
+    ParkFlush(pd);
+    pd->parked = chan;
+    pd->timer = Tcl_CreateTimerHandler(PARK_MS, ParkTimer, pd);
+    if (!pd->exitHandler) {
+	pd->exitHandler = 1;
+	Tcl_CreateThreadExitHandler(ParkExit, pd);
+    }
+}
+
+/*
  * Turns off Nagle's algorithm (see unix/smtpUnix.c). Best effort.
  */
 
