@@ -1047,34 +1047,41 @@ proc ::smtpd::DataBytes {srv n data} {
     set C(mode) cmd
     set message [string range [string map [list "\r\n." "\r\n"] "\r\n$raw"] 2 end]
 
-    upvar #0 [SVar $srv] S
     set msg [dict create conn $n from $C(from) rcpts $C(rcpts) \
             raw $raw message $message reply ""]
+    Deliver $srv $n $msg enddata ""
+    return $rest
+}
+
+# Records a message that has arrived whole (end of DATA, or BDAT LAST) and
+# answers it: with LMTP a reply for each accepted recipient (RFC 2033,
+# with RFC 3030 for BDAT), else one reply as the command (kind, line)
+# that ended it.
+proc ::smtpd::Deliver {srv n msg kind line} {
+    upvar #0 [CVar $srv $n] C
+    upvar #0 [SVar $srv] S
     lappend S(messages) $msg
     set idx [expr {[llength $S(messages)] - 1}]
     set C(from) {}
     set C(rcpts) {}
     if {[string is true $S(-lmtp)]} {
-        # RFC 2033: a reply for each accepted recipient.
         set code {}
         foreach r [dict get $msg rcpts] {
             lappend code [Respond $srv $n lmtp "LMTP $r" \
                     [list "250 2.1.5 <$r> delivered"]]
         }
     } else {
-        set code [Respond $srv $n enddata "" \
+        set code [Respond $srv $n $kind $line \
                 [list "250 2.0.0 Ok: queued as [llength $S(messages)]"]]
     }
     lset S(messages) $idx [dict replace $msg reply $code]
     Notify $srv
     WriteRecord $srv
-    return $rest
 }
 
 # A BDAT chunk has arrived in full: answer it; at LAST record the message.
 proc ::smtpd::BdatDone {srv n} {
     upvar #0 [CVar $srv $n] C
-    upvar #0 [SVar $srv] S
     if {![llength $C(rcpts)]} {
         # As Postfix: the chunk is read and dropped.
         set C(bchunks) {}
@@ -1090,24 +1097,7 @@ proc ::smtpd::BdatDone {srv n} {
     set C(bchunks) {}
     set msg [dict create conn $n from $C(from) rcpts $C(rcpts) \
             raw $body message $body reply "" bdat 1]
-    lappend S(messages) $msg
-    set idx [expr {[llength $S(messages)] - 1}]
-    set C(from) {}
-    set C(rcpts) {}
-    if {[string is true $S(-lmtp)]} {
-        # RFC 2033 with RFC 3030: a reply for each accepted recipient.
-        set code {}
-        foreach r [dict get $msg rcpts] {
-            lappend code [Respond $srv $n lmtp "LMTP $r" \
-                    [list "250 2.1.5 <$r> delivered"]]
-        }
-    } else {
-        set code [Respond $srv $n cmd $C(bdatline) \
-                [list "250 2.0.0 Ok: queued as [llength $S(messages)]"]]
-    }
-    lset S(messages) $idx [dict replace $msg reply $code]
-    Notify $srv
-    WriteRecord $srv
+    Deliver $srv $n $msg cmd $C(bdatline)
 }
 
 proc ::smtpd::Command {srv n line} {
