@@ -1070,9 +1070,9 @@ typedef struct Node {
     Tcl_DString scratch;	/* and where they were made, if needed; */
     int decoded;		/* 1: bytes are in scratch, and hold. */
     int textRule;		/* A text string: its octets in its charset
-				 * (smtpText.c), not its characters' low
-				 * 8 bits; */
-    int textDone;		/* 1: bytes found so, in the value; */
+				 * (smtpText.c), not SmtpBinaryBytes'; */
+    int textDone;		/* 1: bytes are the value's string form,
+				 * already checked; */
     int csAction;		/* SMTP_CS_UTF8: the part must say utf-8. */
     Tcl_Obj *path;		/* SRC_FILE: normalized file name, */
     Tcl_WideInt offset, count;	/* where, and how much (-1: to EOF). */
@@ -1353,6 +1353,8 @@ StringBytes(
     SmtpBinaryBytes(obj, &nd->bytes, &nd->len, &nd->scratch);
     nd->decoded = (nd->bytes
 	    == (const unsigned char *) Tcl_DStringValue(&nd->scratch));
+    nd->textDone = (obj->bytes != NULL
+	    && nd->bytes == (const unsigned char *) obj->bytes);
 }
 
 static Tcl_Obj *
